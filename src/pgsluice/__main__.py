@@ -1,0 +1,5 @@
+"""python -m pgsluice."""
+
+from pgsluice.cli import main
+
+raise SystemExit(main())

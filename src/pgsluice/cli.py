@@ -1,0 +1,137 @@
+"""argparse → Config → run; maps every error to its exit code. The only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from pgsluice import __version__
+from pgsluice.config import COMMANDS, OPTIONS, Config, load_config
+from pgsluice.errors import ConfigError, ExitCode, Interrupted, InterruptedRunError, PgsluiceError
+from pgsluice.log import configure_logging
+from pgsluice.redact import Redactor
+from pgsluice.report import Report, finish
+
+log = structlog.get_logger("pgsluice.cli")
+
+HELP = {
+    "migrate": "wait, lock, plan, back up, apply pending migrations (the default)",
+    "status": "every migration with its state",
+    "plan": "what migrate would run, with every check; changes nothing",
+    "baseline": "record every file up to VERSION as applied without running it",
+    "resolve": "settle a half-applied no-transaction migration",
+    "new": "create the next numbered migration file",
+    "lint": "check the migrations folder offline",
+    "backup": "take a backup now",
+    "backups": "list the complete backups",
+    "restore": "restore a backup into a target database",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit 2 with a one-line reason, like every usage error
+        raise ConfigError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command each, options from config.OPTIONS."""
+    parser = _Parser(prog="pgsluice", description="One-shot PostgreSQL migration job that gates a rollout.")
+    parser.add_argument("--version", action="version", version=f"pgsluice {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for command in COMMANDS:
+        sub = subs.add_parser(command, help=HELP[command], description=HELP[command])
+        for opt in OPTIONS:
+            if command not in opt.commands:
+                continue
+            env = f" [env {opt.env}]" if opt.env else ""
+            if opt.boolean:
+                sub.add_argument(opt.flag, dest=opt.dest, action=argparse.BooleanOptionalAction, default=None,
+                                 help=f"{opt.help}{env}")
+            else:
+                unit = f" ({opt.unit})" if opt.unit else ""
+                sub.add_argument(opt.flag, dest=opt.dest, default=None, metavar=opt.dest.upper().removesuffix(
+                    "_SECONDS").removesuffix("_BYTES"), help=f"{opt.help}{unit}{env}")
+        if command in ("status", "plan", "backups"):
+            sub.add_argument("--json", dest="json_output", action="store_true", help="print JSON on stdout")
+        if command == "status":
+            sub.add_argument("--exit-code", dest="exit_code", action="store_true",
+                             help="exit 9 when anything is pending, 6 when files and history disagree")
+        if command in ("baseline", "resolve"):
+            sub.add_argument("version", type=int, metavar="VERSION")
+        if command == "resolve":
+            group = sub.add_mutually_exclusive_group(required=True)
+            group.add_argument("--applied", dest="resolve_as", action="store_const", const="applied",
+                               help="it did complete: mark it applied")
+            group.add_argument("--rolled-back", dest="resolve_as", action="store_const", const="rolled-back",
+                               help="it was undone: forget it, so migrate runs it again")
+        if command == "new":
+            sub.add_argument("name", metavar="NAME", help="lowercase words joined by underscores")
+        if command == "restore":
+            sub.add_argument("backup_id", metavar="ID", help="a backup id from 'pgsluice backups'")
+            sub.add_argument("--target-database", dest="target_database_url", required=True, metavar="URL",
+                             help="the database to restore into")
+            sub.add_argument("--clean", action="store_true", help="allow restoring into a non-empty database")
+    return parser
+
+
+def _with_default_command(argv: list[str]) -> list[str]:
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        return ["migrate", *argv]
+    return argv
+
+
+def _install_signal_handlers() -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        # Once: the cleanup that follows (rollback, unlock) must not be interrupted again.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run pgsluice; return the exit code (``__main__`` and ``entrypoint.py`` exit with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    report = Report(command="?")
+    try:
+        namespace = build_parser().parse_args(_with_default_command(args))
+        config = load_config(vars(namespace))
+    except ConfigError as exc:
+        configure_logging("auto", "info", Redactor())
+        finish(report, exc.exit_code, str(exc), Redactor(), None)
+        return int(exc.exit_code)
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+
+    configure_logging(config.log_format, config.log_level, config.redactor)
+    report.command = config.command
+    _install_signal_handlers()
+    code, reason = _run(config, report)
+    finish(report, code, reason, config.redactor, config.termination_log)
+    return int(code)
+
+
+def _run(config: Config, report: Report) -> tuple[ExitCode, str | None]:
+    from pgsluice.run import dispatch
+
+    try:
+        return dispatch(config, report), None
+    except Interrupted as exc:
+        error = InterruptedRunError(exc.signum)
+        return error.exit_code, str(error)
+    except PgsluiceError as exc:
+        report.details.update({k: v for k, v in exc.fields.items() if v is not None})
+        if report.failed_migration is None:
+            report.failed_migration = exc.fields.get("file")
+        return exc.exit_code, str(exc)
+    except Exception as exc:
+        log.exception("run.crashed")
+        return ExitCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,97 @@
+"""advisory_lock(): a session advisory lock, polled with pg_try_advisory_lock to a deadline.
+
+Never a blocking ``pg_advisory_lock``: a session waiting in it counts as a running
+transaction, and ``CREATE INDEX CONCURRENTLY`` run by the holder waits for it forever.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import structlog
+
+from pgsluice.errors import LockTimeoutError
+
+log = structlog.get_logger("pgsluice.lock")
+
+HOLDER_LOG_INTERVAL_SECONDS = 10.0
+
+_HOLDER_SQL = """
+SELECT a.pid, a.application_name, host(a.client_addr) AS client_addr,
+       a.backend_start, a.state, a.usename
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid::bigint = %(hi)s AND l.objid::bigint = %(lo)s AND l.objsubid = 1
+"""
+
+
+def _key_parts(key: int) -> dict[str, int]:
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
+
+
+def describe_holder(conn: psycopg.Connection[Any], key: int) -> dict[str, Any]:
+    """Who holds the lock: pid, application_name, client address, since (their session start)."""
+    row = conn.execute(_HOLDER_SQL, _key_parts(key)).fetchone()
+    if row is None:
+        return {}
+    pid, app, addr, since, state, user = row
+    return {
+        "holder_pid": pid,
+        "holder_application_name": app,
+        "holder_client_addr": addr,
+        "holder_since": since.isoformat() if since else None,
+        "holder_state": state,
+        "holder_user": user,
+    }
+
+
+@contextmanager
+def advisory_lock(
+    conn: psycopg.Connection[Any], key: int, timeout_seconds: float, poll_max_seconds: float = 0.2
+) -> Iterator[float]:
+    """Hold the session lock ``key`` on ``conn`` for the block; yields the seconds waited.
+
+    Raises LockTimeoutError naming the holder when the deadline passes. Released in
+    ``finally``; if this process dies, the server releases it with the session.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_seconds
+    delay = 0.01
+    last_logged: float | None = None
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if row and row[0]:
+            break
+        now = time.monotonic()
+        if now >= deadline:
+            holder = describe_holder(conn, key)
+            raise LockTimeoutError(
+                f"advisory lock {key} still held after {timeout_seconds:.0f}s by pid "
+                f"{holder.get('holder_pid', '?')} ({holder.get('holder_application_name', '?')}, "
+                f"from {holder.get('holder_client_addr') or 'local socket'})",
+                hint="another migration is running; wait for it, or raise --lock-timeout",
+            )
+        if last_logged is None or now - last_logged >= HOLDER_LOG_INTERVAL_SECONDS:
+            log.info("lock.waiting", key=key, waited_seconds=round(now - started, 3), **describe_holder(conn, key))
+            last_logged = now
+        time.sleep(min(delay * random.uniform(0.8, 1.2), max(0.0, deadline - now)))  # noqa: S311 - jitter
+        delay = min(delay * 2, poll_max_seconds)
+    waited = time.monotonic() - started
+    log.info("lock.acquired", key=key, wait_seconds=round(waited, 3))
+    try:
+        yield waited
+    finally:
+        try:
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                log.info("lock.released", key=key)
+        except psycopg.Error:
+            # The session is gone, and the lock with it.
+            log.info("lock.released", key=key, by="session end")

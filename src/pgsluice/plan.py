@@ -1,0 +1,172 @@
+"""make_plan(files, history) → Plan: what to apply and what stops us. Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from pgsluice.migrations import Migration, Problem
+
+
+APPLIED = "applied"
+STARTED = "started"
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One row of the history table."""
+
+    version: int
+    name: str
+    checksum: str
+    file_sha256: str | None
+    status: str
+    execution: str
+    started_at: datetime | None
+    applied_at: datetime | None
+    duration_seconds: float | None
+    applied_by: str | None
+    hostname: str | None
+    pgsluice_version: str | None
+
+
+class State(str, Enum):
+    """A migration's state, as ``status`` shows it."""
+
+    APPLIED = "applied"
+    PENDING = "pending"
+    CHANGED = "changed"
+    MISSING = "missing"
+    STARTED = "started"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One version: its file, its history row, its state."""
+
+    version: int
+    name: str
+    state: State
+    migration: Migration | None
+    row: HistoryRow | None
+    out_of_order: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every version in order, the migrations to apply, and the problems that forbid applying."""
+
+    entries: tuple[Entry, ...]
+    pending: tuple[Migration, ...]
+    problems: tuple[Problem, ...]
+    warnings: tuple[Problem, ...]
+
+    @property
+    def current_version(self) -> int | None:
+        """The highest applied version."""
+        applied = [e.version for e in self.entries if e.row is not None and e.row.status == APPLIED]
+        return max(applied) if applied else None
+
+    @property
+    def target_version(self) -> int | None:
+        """The highest version once the pending migrations are applied."""
+        versions = [m.version for m in self.pending]
+        current = self.current_version
+        if current is not None:
+            versions.append(current)
+        return max(versions) if versions else None
+
+
+def _unchanged(migration: Migration, row: HistoryRow) -> bool:
+    if row.file_sha256 and row.file_sha256 == migration.file_sha256:
+        return True  # byte-identical: no need to parse the file
+    return row.checksum == migration.checksum
+
+
+def make_plan(
+    migrations: Sequence[Migration],
+    history: Sequence[HistoryRow],
+    *,
+    allow_out_of_order: bool = False,
+    check_sql: bool = True,
+) -> Plan:
+    """Compare the files with the history; every disagreement is a Problem naming the versions."""
+    files = {m.version: m for m in migrations}
+    rows = {r.version: r for r in history}
+    max_applied = max((r.version for r in history if r.status == APPLIED), default=None)
+    entries: list[Entry] = []
+    pending: list[Migration] = []
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+
+    for version in sorted(files.keys() | rows.keys()):
+        migration, row = files.get(version), rows.get(version)
+        if row is None:
+            assert migration is not None  # noqa: S101 - one of the two exists
+            late = max_applied is not None and version < max_applied
+            entries.append(Entry(version, migration.name, State.PENDING, migration, None, late))
+            pending.append(migration)
+            if late and not allow_out_of_order:
+                problems.append(
+                    Problem(
+                        f"{migration.filename} is pending but version {max_applied} is already applied "
+                        "(out of order)",
+                        f"renumber it above {max_applied}, or pass --allow-out-of-order if it does not "
+                        "depend on the later ones",
+                        migration.filename, None, version,
+                    )
+                )
+            continue
+        if row.status == STARTED:
+            entries.append(Entry(version, row.name, State.STARTED, migration, row))
+            when = row.started_at.isoformat(timespec="seconds") if row.started_at else "an unknown time"
+            problems.append(
+                Problem(
+                    f"migration {version} ({row.name}) started at {when} on {row.hostname or 'an unknown host'} "
+                    "and never finished: it is half-applied",
+                    f"check what it did, finish or undo it by hand, then run 'pgsluice resolve {version} --applied' "
+                    f"or 'pgsluice resolve {version} --rolled-back'",
+                    migration.filename if migration else None, None, version,
+                )
+            )
+            continue
+        if migration is None:
+            entries.append(Entry(version, row.name, State.MISSING, None, row))
+            problems.append(
+                Problem(
+                    f"migration {version} ({row.name}) is applied but its file is missing",
+                    f"restore {version:03d}_{row.name}.sql from version control; applied migrations stay in "
+                    "the folder for good",
+                    None, None, version,
+                )
+            )
+            continue
+        if not _unchanged(migration, row):
+            entries.append(Entry(version, row.name, State.CHANGED, migration, row))
+            when = row.applied_at.isoformat(timespec="seconds") if row.applied_at else "?"
+            problems.append(
+                Problem(
+                    f"{migration.filename} was changed after it was applied at {when} "
+                    f"(checksum {row.checksum[:15]}… is now {migration.checksum[:15]}…)",
+                    "restore the file as it was applied and put the change in a new migration",
+                    migration.filename, None, version,
+                )
+            )
+            continue
+        if row.name != migration.name:
+            warnings.append(
+                Problem(
+                    f"{migration.filename} was applied under the name {row.name!r}",
+                    "the SQL is unchanged, so this is only a rename",
+                    migration.filename, None, version,
+                )
+            )
+        entries.append(Entry(version, migration.name, State.APPLIED, migration, row))
+
+    if check_sql:
+        for migration in pending:
+            problems.extend(migration.sql_problems())
+            warnings.extend(migration.warnings())
+    return Plan(tuple(entries), tuple(pending), tuple(problems), tuple(warnings))

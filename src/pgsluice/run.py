@@ -1,0 +1,253 @@
+"""Sequences the steps of each command: wait → lock → plan → backup → apply → report.
+
+No SQL and no storage calls here: each step lives in its own module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from typing import Any
+
+import psycopg
+import structlog
+
+from pgsluice import history, views
+from pgsluice.config import Config
+from pgsluice.db import connect, server_target
+from pgsluice.errors import ConfigError, ExitCode, InconsistentError
+from pgsluice.lock import advisory_lock
+from pgsluice.migrations import Discovery, Problem, discover
+from pgsluice.plan import Plan, make_plan
+from pgsluice.report import Report
+from pgsluice.source import read_folder
+from pgsluice.wait import wait_for_database
+
+log = structlog.get_logger("pgsluice.run")
+
+
+def _inconsistent(problems: tuple[Problem, ...] | list[Problem], what: str) -> InconsistentError:
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more problem(s), all logged)" if len(problems) > 1 else ""
+    return InconsistentError(f"{what}: {first.message}{more}", hint=first.hint, problems=[str(p) for p in problems])
+
+
+def _log_problems(event: str, problems: tuple[Problem, ...] | list[Problem], warning: bool = False) -> None:
+    for problem in problems:
+        fields = {"file": problem.filename, "line": problem.line, "version": problem.version, "hint": problem.hint}
+        if warning:
+            log.warning(event, problem=problem.message, **fields)
+        else:
+            log.error(event, problem=problem.message, **fields)
+
+
+def _discover(config: Config, report: Report) -> Discovery:
+    started = time.monotonic()
+    found = discover(read_folder(config.migrations_dir))
+    report.timed("discover", started)
+    _log_problems("files.warning", found.warnings, warning=True)
+    if found.problems:
+        _log_problems("files.invalid", found.problems)
+        raise _inconsistent(found.problems, "the migrations folder is invalid, nothing was applied")
+    return found
+
+
+@contextmanager
+def _session(config: Config, report: Report, *, locked: bool) -> Iterator[psycopg.Connection[Any]]:
+    """Wait for the database; with ``locked``, hold the advisory lock and yield a second connection."""
+    started = time.monotonic()
+    first, waited = wait_for_database(config, "lock" if locked else "read")
+    report.timed("wait", started)
+    with closing(first):
+        log.info("db.connected", wait_seconds=round(waited, 3), **server_target(first))
+        if not locked:
+            yield first
+            return
+        started = time.monotonic()
+        with advisory_lock(first, config.lock_key, config.lock_timeout_seconds, config.lock_poll_max_seconds) as w:
+            report.lock_wait_seconds = round(w, 4)
+            report.timed("lock", started)
+            with closing(connect(config, "apply")) as work:
+                work.prepare_threshold = None  # the session reset deallocates prepared statements
+                yield work
+
+
+def _plan(config: Config, report: Report, conn: psycopg.Connection[Any], found: Discovery, check_sql: bool) -> Plan:
+    started = time.monotonic()
+    rows = history.read_history(conn, config.history_table)
+    plan = make_plan(found.migrations, rows, allow_out_of_order=config.allow_out_of_order, check_sql=check_sql)
+    report.timed("plan", started)
+    report.pending_before = [m.version for m in plan.pending]
+    report.current_version = plan.current_version
+    report.target_version = plan.target_version
+    _log_problems("plan.warning", plan.warnings, warning=True)
+    return plan
+
+
+def run_migrate(config: Config, report: Report) -> ExitCode:
+    """The gate: exit 0 only when every migration is applied and the history says so."""
+    from pgsluice.apply import apply_migration
+
+    found = _discover(config, report)
+    with _session(config, report, locked=True) as conn:
+        history.ensure_table(conn, config.history_table)
+        plan = _plan(config, report, conn, found, check_sql=True)
+        log.info(
+            "plan.ready",
+            pending=report.pending_before,
+            current_version=plan.current_version,
+            target_version=plan.target_version,
+        )
+        if plan.problems:
+            _log_problems("plan.invalid", plan.problems)
+            raise _inconsistent(plan.problems, "the history does not match the files, nothing was applied")
+        if not plan.pending:
+            log.info("run.up_to_date", current_version=plan.current_version)
+            return ExitCode.OK
+
+        backup_step(config, report, conn, plan)
+
+        started = time.monotonic()
+        try:
+            for migration in plan.pending:
+                report.failed_migration = migration.filename
+                apply_migration(conn, migration, config)
+                report.applied.append(migration.version)
+                report.failed_migration = None
+        finally:
+            report.timed("apply", started)
+
+        # Trust, then verify: the history must now agree with the files.
+        after = make_plan(found.migrations, history.read_history(conn, config.history_table), check_sql=False,
+                          allow_out_of_order=config.allow_out_of_order)
+        if after.pending or after.problems:
+            problems = list(after.problems) or [
+                Problem(f"versions {[m.version for m in after.pending]} are still pending after applying",
+                        "report this as a bug")
+            ]
+            raise _inconsistent(problems, "the schema is not current after applying")
+        report.current_version = after.current_version
+        return ExitCode.OK
+
+
+def backup_step(config: Config, report: Report, conn: psycopg.Connection[Any], plan: Plan) -> None:
+    """The backup taken under the lock, after the plan, before the first migration."""
+    if config.backup_url in (None, "none"):
+        log.warning("backup.skipped", reason="no backup target configured (--backup-url)")
+        return
+    from pgsluice.backup import take_backup
+
+    started = time.monotonic()
+    report.backup = take_backup(config, conn, plan).as_report()
+    report.timed("backup", started)
+
+
+def run_status(config: Config, report: Report) -> ExitCode:
+    """Every migration with its state; with --exit-code, 9 when anything is pending."""
+    found = _discover(config, report)
+    with _session(config, report, locked=False) as conn:
+        plan = _plan(config, report, conn, found, check_sql=False)
+    views.print_status(plan, as_json=config.json_output)
+    if config.exit_code:
+        if plan.problems:
+            raise _inconsistent(plan.problems, "the history does not match the files")
+        if plan.pending:
+            return ExitCode.PENDING
+    return ExitCode.OK
+
+
+def run_plan(config: Config, report: Report) -> ExitCode:
+    """What migrate would run, in order, with every check; changes nothing."""
+    found = _discover(config, report)
+    with _session(config, report, locked=False) as conn:
+        plan = _plan(config, report, conn, found, check_sql=True)
+    views.print_plan(plan, as_json=config.json_output)
+    if plan.problems:
+        _log_problems("plan.invalid", plan.problems)
+        raise _inconsistent(plan.problems, "migrate would stop before applying anything")
+    return ExitCode.OK
+
+
+def run_baseline(config: Config, report: Report) -> ExitCode:
+    """Record every file up to VERSION as applied without running it."""
+    assert config.version is not None  # noqa: S101 - argparse requires it
+    found = _discover(config, report)
+    chosen = [m for m in found.migrations if m.version <= config.version]
+    if not chosen:
+        raise ConfigError(f"baseline {config.version}: no migration file has a version up to {config.version}")
+    with _session(config, report, locked=True) as conn:
+        history.ensure_table(conn, config.history_table)
+        known = {row.version for row in history.read_history(conn, config.history_table)}
+        rows = [(m.version, m.name, m.checksum, m.file_sha256) for m in chosen if m.version not in known]
+        history.insert_baseline(conn, config.history_table, rows, config.hostname)
+    report.applied = [r[0] for r in rows]
+    log.info("baseline.recorded", versions=report.applied, already_recorded=sorted(known & {m.version for m in chosen}))
+    return ExitCode.OK
+
+
+def run_resolve(config: Config, report: Report) -> ExitCode:
+    """Settle a half-applied no-transaction migration: mark it applied, or forget it."""
+    assert config.version is not None  # noqa: S101 - argparse requires it
+    with _session(config, report, locked=True) as conn:
+        rows = {row.version: row for row in history.read_history(conn, config.history_table)}
+        row = rows.get(config.version)
+        if row is None or row.status != history.STARTED:
+            state = row.status if row else "not in the history"
+            raise ConfigError(
+                f"resolve {config.version}: version {config.version} is not half-applied (it is {state})",
+                hint="only a 'started' row needs resolving; see 'pgsluice status'",
+            )
+        if config.resolve_as == "applied":
+            history.mark_applied(conn, config.history_table, config.version, execution="no-transaction, resolved")
+        else:
+            history.delete_started(conn, config.history_table, config.version)
+    log.info("resolve.recorded", version=config.version, resolved_as=config.resolve_as)
+    return ExitCode.OK
+
+
+def run_lint(config: Config, report: Report) -> ExitCode:
+    """Offline checks of the whole folder; no database."""
+    found = discover(read_folder(config.migrations_dir))
+    problems = list(found.problems)
+    warnings = list(found.warnings)
+    for migration in found.migrations:
+        problems.extend(migration.sql_problems())
+        warnings.extend(migration.warnings())
+    views.print_lint(found, problems, warnings)
+    if problems:
+        raise _inconsistent(problems, "lint found problems")
+    return ExitCode.OK
+
+
+def run_new(config: Config, report: Report) -> ExitCode:
+    """Create the next numbered migration file."""
+    from pgsluice.scaffold import create_migration
+
+    path = create_migration(config.migrations_dir, config.name or "")
+    print(path)
+    report.details["created"] = str(path)
+    return ExitCode.OK
+
+
+def _backup_commands() -> dict[str, Callable[[Config, Report], ExitCode]]:
+    from pgsluice import backup
+
+    return {"backup": backup.run_backup, "backups": backup.run_list, "restore": backup.run_restore}
+
+
+COMMANDS: dict[str, Callable[[Config, Report], ExitCode]] = {
+    "migrate": run_migrate,
+    "status": run_status,
+    "plan": run_plan,
+    "baseline": run_baseline,
+    "resolve": run_resolve,
+    "lint": run_lint,
+    "new": run_new,
+}
+
+
+def dispatch(config: Config, report: Report) -> ExitCode:
+    """Run ``config.command``."""
+    handler = COMMANDS.get(config.command) or _backup_commands()[config.command]
+    return handler(config, report)

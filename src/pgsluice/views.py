@@ -1,0 +1,114 @@
+"""What ``status``, ``plan`` and ``lint`` print on stdout: a table, or JSON with ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from pgsluice.migrations import Discovery, Problem
+from pgsluice.plan import Entry, Plan
+
+
+def _entry_dict(entry: Entry) -> dict[str, Any]:
+    row = entry.row
+    return {
+        "version": entry.version,
+        "name": entry.name,
+        "file": entry.migration.filename if entry.migration else None,
+        "state": entry.state.value,
+        "out_of_order": entry.out_of_order,
+        "execution": row.execution if row else None,
+        "started_at": row.started_at.isoformat() if row and row.started_at else None,
+        "applied_at": row.applied_at.isoformat() if row and row.applied_at else None,
+        "applied_by": row.applied_by if row else None,
+        "hostname": row.hostname if row else None,
+        "duration_seconds": row.duration_seconds if row else None,
+        "no_transaction": entry.migration.no_transaction if entry.migration else None,
+    }
+
+
+def _problem_dict(problem: Problem) -> dict[str, Any]:
+    return {
+        "message": problem.message,
+        "hint": problem.hint,
+        "file": problem.filename,
+        "line": problem.line,
+        "version": problem.version,
+    }
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def print_status(plan: Plan, *, as_json: bool) -> None:
+    """Every migration with its state."""
+    if as_json:
+        doc = {
+            "current_version": plan.current_version,
+            "pending": [m.version for m in plan.pending],
+            "migrations": [_entry_dict(e) for e in plan.entries],
+            "problems": [_problem_dict(p) for p in plan.problems],
+        }
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    rows = [["VERSION", "NAME", "STATE", "APPLIED AT (UTC)", "BY", "DURATION"]]
+    for entry in plan.entries:
+        row = entry.row
+        state = entry.state.value + (" (out of order)" if entry.out_of_order else "")
+        when = row.applied_at or row.started_at if row else None
+        rows.append([
+            str(entry.version),
+            entry.name,
+            state,
+            when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "",
+            f"{row.applied_by}@{row.hostname}" if row else "",
+            f"{row.duration_seconds:.3f}s" if row and row.duration_seconds is not None else "",
+        ])
+    out = _table(rows) if len(rows) > 1 else "no migrations"
+    pending = len(plan.pending)
+    out += f"\n\ncurrent version: {plan.current_version}; pending: {pending}; problems: {len(plan.problems)}\n"
+    for problem in plan.problems:
+        out += f"  ! {problem}\n"
+    sys.stdout.write(out)
+
+
+def print_plan(plan: Plan, *, as_json: bool) -> None:
+    """The migrations migrate would apply, in order."""
+    if as_json:
+        doc = {
+            "current_version": plan.current_version,
+            "target_version": plan.target_version,
+            "pending": [
+                {"version": m.version, "file": m.filename, "no_transaction": m.no_transaction,
+                 "statements": len(m.analysis.statements)}
+                for m in plan.pending
+            ],
+            "problems": [_problem_dict(p) for p in plan.problems],
+            "warnings": [_problem_dict(p) for p in plan.warnings],
+        }
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    lines = [f"current version: {plan.current_version}; target version: {plan.target_version}"]
+    if not plan.pending:
+        lines.append("nothing to apply")
+    for m in plan.pending:
+        mode = "no-transaction, statement by statement" if m.no_transaction else "one transaction"
+        lines.append(f"  apply {m.filename} ({len(m.analysis.statements)} statement(s), {mode})")
+    for problem in plan.problems:
+        lines.append(f"  ! {problem}")
+    for warning in plan.warnings:
+        lines.append(f"  ~ {warning}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def print_lint(found: Discovery, problems: list[Problem], warnings: list[Problem]) -> None:
+    """``error: <file> line <n>: message: hint`` per problem, then a summary line."""
+    for kind, items in (("error", problems), ("warning", warnings)):
+        for problem in items:
+            sys.stdout.write(f"{kind}: {problem}\n")
+    sys.stdout.write(
+        f"{len(found.migrations)} migration(s), {len(problems)} error(s), {len(warnings)} warning(s)\n"
+    )
