@@ -84,8 +84,10 @@ def _failure(migration: Migration, exc: psycopg.Error, statement: Statement | No
             line, _ = line_col(migration.text, statement.start + len(statement.text) - len(statement.text.lstrip()))
             where = f" in the statement at line {line}"
     message = f"migration {migration.filename} failed{where}: {primary} (SQLSTATE {diag.sqlstate})"
-    extras = [f"detail: {diag.message_detail}" if diag.message_detail else "",
-              f"context: {' '.join(diag.context.split())}" if diag.context else ""]
+    extras = [
+        f"detail: {diag.message_detail}" if diag.message_detail else "",
+        f"context: {' '.join(diag.context.split())}" if diag.context else "",
+    ]
     message += "".join(f"; {e}" for e in extras if e)
     hint = diag.message_hint or "fix the migration and run again"
     if not migration.no_transaction:
@@ -114,8 +116,13 @@ def _rollback(conn: psycopg.Connection[Any]) -> None:
 def _apply_in_transaction(conn: psycopg.Connection[Any], migration: Migration, config: Config) -> None:
     analysis = migration.analysis
     record = history.applied_row_query(
-        config.history_table, migration.version, migration.name, migration.checksum, migration.file_sha256,
-        "transaction", config.hostname,
+        config.history_table,
+        version=migration.version,
+        name=migration.name,
+        checksum=migration.checksum,
+        file_sha256=migration.file_sha256,
+        execution="transaction",
+        hostname=config.hostname,
     )
     begin = analysis.begin_text or "BEGIN"
     if analysis.parse_error is not None:
@@ -142,30 +149,40 @@ def _apply_in_transaction(conn: psycopg.Connection[Any], migration: Migration, c
                 cur = conn.cursor()
                 cursors.append((statement, cur))
                 cur.execute(statement.text)
-            conn.execute(record)
+            # A migration may have SET ROLE to a role that cannot write the history.
+            conn.execute("SET SESSION AUTHORIZATION DEFAULT")
+            recorder = conn.cursor()
+            recorder.execute(record)
             conn.execute("COMMIT")
             for query in SESSION_RESET:
                 conn.execute(query)
     except psycopg.Error as exc:
         failed = next((st for st, cur in cursors if cur.pgresult is None), None)
         _rollback(conn)
-        raise _failure(migration, exc, failed) from exc
+        error = _failure(migration, exc, failed)
+        if failed is None:
+            error.message = error.message.replace(" failed:", f" failed while recording it in {config.history_table}:")
+        raise error from exc
     except BaseException:
         _rollback(conn)
         raise
 
 
 def _invalid_indexes(conn: psycopg.Connection[Any]) -> list[str]:
-    rows = conn.execute(
-        "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid ORDER BY 1"
-    ).fetchall()
+    rows = conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid ORDER BY 1").fetchall()
     return [str(r[0]) for r in rows]
 
 
 def _apply_without_transaction(conn: psycopg.Connection[Any], migration: Migration, config: Config) -> None:
     table = config.history_table
     history.insert_started(
-        conn, table, migration.version, migration.name, migration.checksum, migration.file_sha256, config.hostname
+        conn,
+        table,
+        version=migration.version,
+        name=migration.name,
+        checksum=migration.checksum,
+        file_sha256=migration.file_sha256,
+        hostname=config.hostname,
     )
     log.info("migration.started_row_written", version=migration.version, file=migration.filename)
     for query in _timeouts(config, local=False):
@@ -176,9 +193,7 @@ def _apply_without_transaction(conn: psycopg.Connection[Any], migration: Migrati
         except psycopg.Error as exc:
             error = _failure(migration, exc, statement)
             invalid = [] if conn.closed or conn.broken else _invalid_indexes(conn)
-            error.message += (
-                f"; the migration is half-applied: history row {migration.version} stays 'started'"
-            )
+            error.message += f"; the migration is half-applied: history row {migration.version} stays 'started'"
             if invalid:
                 error.message += f"; INVALID index left behind: {', '.join(invalid)}"
                 error.hint = (
@@ -221,8 +236,13 @@ def apply_migration(conn: psycopg.Connection[Any], migration: Migration, config:
                         "a long transaction holds a lock this migration needs; find it in pg_stat_activity, "
                         "or raise --ddl-lock-timeout / --ddl-retries"
                     )
-                log.error("migration.failed", version=migration.version, file=migration.filename,
-                          attempts=attempt, **{k: v for k, v in exc.fields.items() if k not in ("version", "file")})
+                log.error(
+                    "migration.failed",
+                    version=migration.version,
+                    file=migration.filename,
+                    attempts=attempt,
+                    **{k: v for k, v in exc.fields.items() if k not in ("version", "file")},
+                )
                 raise
             delay = min(MAX_RETRY_DELAY_SECONDS, config.ddl_retry_delay_seconds * 2 ** (attempt - 1))
             delay *= random.uniform(0.5, 1.5)  # noqa: S311 - jitter

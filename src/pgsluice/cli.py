@@ -51,31 +51,60 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             env = f" [env {opt.env}]" if opt.env else ""
             if opt.boolean:
-                sub.add_argument(opt.flag, dest=opt.dest, action=argparse.BooleanOptionalAction, default=None,
-                                 help=f"{opt.help}{env}")
+                sub.add_argument(
+                    opt.flag,
+                    dest=opt.dest,
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=f"{opt.help}{env}",
+                )
             else:
                 unit = f" ({opt.unit})" if opt.unit else ""
-                sub.add_argument(opt.flag, dest=opt.dest, default=None, metavar=opt.dest.upper().removesuffix(
-                    "_SECONDS").removesuffix("_BYTES"), help=f"{opt.help}{unit}{env}")
+                sub.add_argument(
+                    opt.flag,
+                    dest=opt.dest,
+                    default=None,
+                    metavar=opt.dest.upper().removesuffix("_SECONDS").removesuffix("_BYTES"),
+                    help=f"{opt.help}{unit}{env}",
+                )
         if command in ("status", "plan", "backups"):
             sub.add_argument("--json", dest="json_output", action="store_true", help="print JSON on stdout")
         if command == "status":
-            sub.add_argument("--exit-code", dest="exit_code", action="store_true",
-                             help="exit 9 when anything is pending, 6 when files and history disagree")
+            sub.add_argument(
+                "--exit-code",
+                dest="exit_code",
+                action="store_true",
+                help="exit 9 when anything is pending, 6 when files and history disagree",
+            )
         if command in ("baseline", "resolve"):
             sub.add_argument("version", type=int, metavar="VERSION")
         if command == "resolve":
             group = sub.add_mutually_exclusive_group(required=True)
-            group.add_argument("--applied", dest="resolve_as", action="store_const", const="applied",
-                               help="it did complete: mark it applied")
-            group.add_argument("--rolled-back", dest="resolve_as", action="store_const", const="rolled-back",
-                               help="it was undone: forget it, so migrate runs it again")
+            group.add_argument(
+                "--applied",
+                dest="resolve_as",
+                action="store_const",
+                const="applied",
+                help="it did complete: mark it applied",
+            )
+            group.add_argument(
+                "--rolled-back",
+                dest="resolve_as",
+                action="store_const",
+                const="rolled-back",
+                help="it was undone: forget it, so migrate runs it again",
+            )
         if command == "new":
             sub.add_argument("name", metavar="NAME", help="lowercase words joined by underscores")
         if command == "restore":
             sub.add_argument("backup_id", metavar="ID", help="a backup id from 'pgsluice backups'")
-            sub.add_argument("--target-database", dest="target_database_url", required=True, metavar="URL",
-                             help="the database to restore into")
+            sub.add_argument(
+                "--target-database",
+                dest="target_database_url",
+                required=True,
+                metavar="URL",
+                help="the database to restore into",
+            )
             sub.add_argument("--clean", action="store_true", help="allow restoring into a non-empty database")
     return parser
 

@@ -96,7 +96,7 @@ class InterruptedRunError(PgsluiceError):
         self.exit_code = ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM
 
 
-class Interrupted(KeyboardInterrupt):  # noqa: N818 - a KeyboardInterrupt, so psycopg cancels the query
+class Interrupted(KeyboardInterrupt):
     """Raised from the SIGTERM/SIGINT handler; psycopg cancels the running query on it."""
 
     def __init__(self, signum: int) -> None:

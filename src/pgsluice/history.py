@@ -11,6 +11,7 @@ from pgsluice import __version__
 from pgsluice.config import TableName
 from pgsluice.plan import HistoryRow
 
+
 def table_ident(table: TableName) -> sql.Composable:
     """The schema-qualified identifier, immune to a migration's ``SET search_path``."""
     return sql.Identifier(table.schema, table.name)
@@ -43,7 +44,9 @@ def ensure_table(conn: psycopg.Connection[Any], table: TableName) -> None:
 
 def read_history(conn: psycopg.Connection[Any], table: TableName) -> list[HistoryRow]:
     """Every row in version order; an absent table is an empty history."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(sql.Identifier(table.schema, table.name).as_string(conn)),)).fetchone()
+    exists = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (str(sql.Identifier(table.schema, table.name).as_string(conn)),)
+    ).fetchone()
     if not exists or not exists[0]:
         return []
     rows = conn.execute(
@@ -56,7 +59,7 @@ def read_history(conn: psycopg.Connection[Any], table: TableName) -> list[Histor
 
 
 def applied_row_query(
-    table: TableName, version: int, name: str, checksum: str, file_sha256: str, execution: str, hostname: str
+    table: TableName, *, version: int, name: str, checksum: str, file_sha256: str, execution: str, hostname: str
 ) -> sql.Composed:
     """INSERT of an ``applied`` row, meant for the migration's own transaction.
 
@@ -80,7 +83,13 @@ def applied_row_query(
 
 
 def insert_started(
-    conn: psycopg.Connection[Any], table: TableName, version: int, name: str, checksum: str, file_sha256: str,
+    conn: psycopg.Connection[Any],
+    table: TableName,
+    *,
+    version: int,
+    name: str,
+    checksum: str,
+    file_sha256: str,
     hostname: str,
 ) -> None:
     """Record that a non-transactional migration began; committed at once."""

@@ -66,8 +66,13 @@ class Migration:
         analysis = self.analysis
         if analysis.parse_error is None and not analysis.statements:
             problems.append(
-                Problem(f"{self.filename}: has no SQL statement", "write the migration's SQL, or delete the file",
-                        self.filename, None, self.version)
+                Problem(
+                    f"{self.filename}: has no SQL statement",
+                    "write the migration's SQL, or delete the file",
+                    self.filename,
+                    None,
+                    self.version,
+                )
             )
         for issue in analysis.unsupported:
             line, _ = line_col(self.text, issue.offset)
@@ -75,7 +80,9 @@ class Migration:
                 Problem(
                     f"{self.filename} line {line}: {issue.message}",
                     "rewrite it as plain SQL",
-                    self.filename, line, self.version,
+                    self.filename,
+                    line,
+                    self.version,
                 )
             )
         if analysis.parse_error is not None:
@@ -87,7 +94,9 @@ class Migration:
                     f"{self.filename} line {line}: transaction control {issue.message} is not allowed",
                     "pgsluice runs each migration in its own transaction; wrap the whole file in one "
                     "BEGIN; … COMMIT; or use none, and split the rest into separate migrations",
-                    self.filename, line, self.version,
+                    self.filename,
+                    line,
+                    self.version,
                 )
             )
         if self.no_transaction and analysis.wrapped:
@@ -95,7 +104,9 @@ class Migration:
                 Problem(
                     f"{self.filename}: has the no-transaction directive but is wrapped in BEGIN; … COMMIT;",
                     "remove the directive or the wrapper",
-                    self.filename, 1, self.version,
+                    self.filename,
+                    1,
+                    self.version,
                 )
             )
         if not self.no_transaction:
@@ -105,7 +116,9 @@ class Migration:
                     Problem(
                         f"{self.filename} line {line}: {issue.message} cannot run inside a transaction block",
                         "put it in a migration of its own whose first line is '-- pgsluice: no-transaction'",
-                        self.filename, line, self.version,
+                        self.filename,
+                        line,
+                        self.version,
                     )
                 )
         return problems
@@ -120,7 +133,9 @@ class Migration:
             Problem(
                 f"{self.filename} line {line}, column {col}: pgsluice's parser cannot parse it ({error.message})",
                 "it will be sent to the server whole, in one transaction, and the server will judge it",
-                self.filename, line, self.version,
+                self.filename,
+                line,
+                self.version,
             )
         ]
 
@@ -153,7 +168,8 @@ def _directives(text: str, filename: str) -> tuple[set[str], list[Problem]]:
                     Problem(
                         f"{filename} line {number}: unknown directive {match['value']!r}",
                         f"known directives: {', '.join(KNOWN_DIRECTIVES)}",
-                        filename, number,
+                        filename,
+                        number,
                     )
                 )
     return found, problems
@@ -188,9 +204,11 @@ def discover(files: Iterable[tuple[str, bytes]]) -> Discovery:
             line = content[: exc.start].count(b"\n") + 1
             problems.append(
                 Problem(
-                    f"{filename} line {line}: not valid UTF-8 (byte {exc.start})",
+                    f"{filename} line {line}: not valid UTF-8 (byte offset {exc.start})",
                     "re-save the file as UTF-8",
-                    filename, line, version,
+                    filename,
+                    line,
+                    version,
                 )
             )
             continue
@@ -209,16 +227,28 @@ def discover(files: Iterable[tuple[str, bytes]]) -> Discovery:
             else:
                 hint = "give each migration its own version number"
             problems.append(
-                Problem(f"version {version} is used by {len(names)} files: {', '.join(names)}", hint,
-                        names[0], None, version)
+                Problem(
+                    f"version {version} is used by {len(names)} files: {', '.join(names)}",
+                    hint,
+                    names[0],
+                    None,
+                    version,
+                )
             )
             continue
         filename, text = entries[0]
         directives, directive_problems = _directives(text, filename)
         problems.extend(directive_problems)
         if not text.strip():
-            problems.append(Problem(f"{filename}: the file is empty", "write the migration's SQL, or delete the file",
-                                    filename, None, version))
+            problems.append(
+                Problem(
+                    f"{filename}: the file is empty",
+                    "write the migration's SQL, or delete the file",
+                    filename,
+                    None,
+                    version,
+                )
+            )
             continue
         match = FILE_NAME.match(filename)
         assert match is not None  # noqa: S101 - matched above
@@ -234,10 +264,14 @@ def discover(files: Iterable[tuple[str, bytes]]) -> Discovery:
         migrations.append(migration)
 
     warnings = [
-        Problem(f"{name}: rollback script for version {version}, which has no migration file",
-                "rename or remove it", name, None, version)
+        Problem(
+            f"{name}: rollback script for version {version}, which has no migration file",
+            "rename or remove it",
+            name,
+            None,
+            version,
+        )
         for version, name in sorted(downs.items())
         if version not in by_version
     ]
     return Discovery(tuple(migrations), tuple(problems), tuple(warnings))
-

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 
 from pgsluice.migrations import Migration, Problem
-
 
 APPLIED = "applied"
 STARTED = "started"
@@ -32,7 +31,7 @@ class HistoryRow:
     pgsluice_version: str | None
 
 
-class State(str, Enum):
+class State(StrEnum):
     """A migration's state, as ``status`` shows it."""
 
     APPLIED = "applied"
@@ -111,11 +110,12 @@ def make_plan(
             if late and not allow_out_of_order:
                 problems.append(
                     Problem(
-                        f"{migration.filename} is pending but version {max_applied} is already applied "
-                        "(out of order)",
+                        f"{migration.filename} is pending but version {max_applied} is already applied (out of order)",
                         f"renumber it above {max_applied}, or pass --allow-out-of-order if it does not "
                         "depend on the later ones",
-                        migration.filename, None, version,
+                        migration.filename,
+                        None,
+                        version,
                     )
                 )
             continue
@@ -128,7 +128,9 @@ def make_plan(
                     "and never finished: it is half-applied",
                     f"check what it did, finish or undo it by hand, then run 'pgsluice resolve {version} --applied' "
                     f"or 'pgsluice resolve {version} --rolled-back'",
-                    migration.filename if migration else None, None, version,
+                    migration.filename if migration else None,
+                    None,
+                    version,
                 )
             )
             continue
@@ -139,7 +141,9 @@ def make_plan(
                     f"migration {version} ({row.name}) is applied but its file is missing",
                     f"restore {version:03d}_{row.name}.sql from version control; applied migrations stay in "
                     "the folder for good",
-                    None, None, version,
+                    None,
+                    None,
+                    version,
                 )
             )
             continue
@@ -151,7 +155,9 @@ def make_plan(
                     f"{migration.filename} was changed after it was applied at {when} "
                     f"(checksum {row.checksum[:15]}… is now {migration.checksum[:15]}…)",
                     "restore the file as it was applied and put the change in a new migration",
-                    migration.filename, None, version,
+                    migration.filename,
+                    None,
+                    version,
                 )
             )
             continue
@@ -160,7 +166,9 @@ def make_plan(
                 Problem(
                     f"{migration.filename} was applied under the name {row.name!r}",
                     "the SQL is unchanged, so this is only a rename",
-                    migration.filename, None, version,
+                    migration.filename,
+                    None,
+                    version,
                 )
             )
         entries.append(Entry(version, migration.name, State.APPLIED, migration, row))

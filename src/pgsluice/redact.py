@@ -8,7 +8,9 @@ from collections.abc import Iterable
 MASK = "***"
 
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
-_KV_PASSWORD = re.compile(r"(?P<key>\b(?:password|sslpassword)\s*=\s*)(?P<val>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_KV_PASSWORD = re.compile(
+    r"(?P<key>(?<![?&])\b(?:password|sslpassword)\s*=\s*)(?P<val>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE
+)
 _QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:password|sslpassword)=)(?P<val>[^&\s]+)", re.IGNORECASE)
 
 
@@ -30,5 +32,5 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-        text = _KV_PASSWORD.sub(lambda m: f"{m['key']}{MASK}", text)
-        return _QUERY_PASSWORD.sub(lambda m: f"{m['key']}{MASK}", text)
+        text = _QUERY_PASSWORD.sub(lambda m: f"{m['key']}{MASK}", text)
+        return _KV_PASSWORD.sub(lambda m: f"{m['key']}{MASK}", text)

@@ -19,7 +19,7 @@ from pgsluice.db import connect, server_target
 from pgsluice.errors import ConfigError, ExitCode, InconsistentError
 from pgsluice.lock import advisory_lock
 from pgsluice.migrations import Discovery, Problem, discover
-from pgsluice.plan import Plan, make_plan
+from pgsluice.plan import STARTED, Plan, make_plan
 from pgsluice.report import Report
 from pgsluice.source import read_folder
 from pgsluice.wait import wait_for_database
@@ -119,12 +119,18 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
             report.timed("apply", started)
 
         # Trust, then verify: the history must now agree with the files.
-        after = make_plan(found.migrations, history.read_history(conn, config.history_table), check_sql=False,
-                          allow_out_of_order=config.allow_out_of_order)
+        after = make_plan(
+            found.migrations,
+            history.read_history(conn, config.history_table),
+            check_sql=False,
+            allow_out_of_order=config.allow_out_of_order,
+        )
         if after.pending or after.problems:
             problems = list(after.problems) or [
-                Problem(f"versions {[m.version for m in after.pending]} are still pending after applying",
-                        "report this as a bug")
+                Problem(
+                    f"versions {[m.version for m in after.pending]} are still pending after applying",
+                    "report this as a bug",
+                )
             ]
             raise _inconsistent(problems, "the schema is not current after applying")
         report.current_version = after.current_version
@@ -192,7 +198,7 @@ def run_resolve(config: Config, report: Report) -> ExitCode:
     with _session(config, report, locked=True) as conn:
         rows = {row.version: row for row in history.read_history(conn, config.history_table)}
         row = rows.get(config.version)
-        if row is None or row.status != history.STARTED:
+        if row is None or row.status != STARTED:
             state = row.status if row else "not in the history"
             raise ConfigError(
                 f"resolve {config.version}: version {config.version} is not half-applied (it is {state})",

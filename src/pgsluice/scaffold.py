@@ -25,7 +25,9 @@ def create_migration(folder: Path, name: str) -> Path:
     """Write ``NNN_name.sql`` one above the highest version, as wide as the existing ones (3 at least)."""
     name = name.strip().lower().replace("-", "_").replace(" ", "_")
     if not _NAME.match(name):
-        raise ConfigError(f"new: {name!r} is not a migration name", hint="use lowercase letters, digits and underscores")
+        raise ConfigError(
+            f"new: {name!r} is not a migration name", hint="use lowercase letters, digits and underscores"
+        )
     if not folder.is_dir():
         raise ConfigError(f"new: migrations folder {folder} does not exist", hint="create it or set --migrations-dir")
     versions: list[tuple[int, int]] = []

@@ -137,7 +137,7 @@ def token_checksum(text: str, skip: tuple[tuple[int, int], ...] = (), extra: str
 
 
 def _parse_error_issue(exc: Exception, text: str) -> SqlIssue:
-    message, offset = (exc.args + (0,))[:2] if exc.args else ("cannot parse", 0)
+    message, offset = ((*exc.args, 0))[:2] if exc.args else ("cannot parse", 0)
     return SqlIssue(str(message), int(offset) if isinstance(offset, int) else 0)
 
 

@@ -59,14 +59,16 @@ def print_status(plan: Plan, *, as_json: bool) -> None:
         row = entry.row
         state = entry.state.value + (" (out of order)" if entry.out_of_order else "")
         when = row.applied_at or row.started_at if row else None
-        rows.append([
-            str(entry.version),
-            entry.name,
-            state,
-            when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "",
-            f"{row.applied_by}@{row.hostname}" if row else "",
-            f"{row.duration_seconds:.3f}s" if row and row.duration_seconds is not None else "",
-        ])
+        rows.append(
+            [
+                str(entry.version),
+                entry.name,
+                state,
+                when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "",
+                f"{row.applied_by}@{row.hostname}" if row else "",
+                f"{row.duration_seconds:.3f}s" if row and row.duration_seconds is not None else "",
+            ]
+        )
     out = _table(rows) if len(rows) > 1 else "no migrations"
     pending = len(plan.pending)
     out += f"\n\ncurrent version: {plan.current_version}; pending: {pending}; problems: {len(plan.problems)}\n"
@@ -82,8 +84,12 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
             "current_version": plan.current_version,
             "target_version": plan.target_version,
             "pending": [
-                {"version": m.version, "file": m.filename, "no_transaction": m.no_transaction,
-                 "statements": len(m.analysis.statements)}
+                {
+                    "version": m.version,
+                    "file": m.filename,
+                    "no_transaction": m.no_transaction,
+                    "statements": len(m.analysis.statements),
+                }
                 for m in plan.pending
             ],
             "problems": [_problem_dict(p) for p in plan.problems],
@@ -109,6 +115,4 @@ def print_lint(found: Discovery, problems: list[Problem], warnings: list[Problem
     for kind, items in (("error", problems), ("warning", warnings)):
         for problem in items:
             sys.stdout.write(f"{kind}: {problem}\n")
-    sys.stdout.write(
-        f"{len(found.migrations)} migration(s), {len(problems)} error(s), {len(warnings)} warning(s)\n"
-    )
+    sys.stdout.write(f"{len(found.migrations)} migration(s), {len(problems)} error(s), {len(warnings)} warning(s)\n")

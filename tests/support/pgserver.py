@@ -14,6 +14,7 @@ server and exits with the command's exit code.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 SUPERUSER = "sluice_admin"
-PASSWORD = "s3cret-Pa55-7f1e"  # noqa: S105 - a throwaway test server's password, asserted absent from output
+PASSWORD = "s3cret-Pa55-7f1e"
 
 
 def find_bindir() -> Path:
@@ -44,8 +45,7 @@ def find_bindir() -> Path:
     if found:
         return Path(found).resolve().parent
     raise RuntimeError(
-        "no PostgreSQL server binaries found: install Debian's 'postgresql' package "
-        "or set PGSLUICE_TEST_PG_BINDIR"
+        "no PostgreSQL server binaries found: install Debian's 'postgresql' package or set PGSLUICE_TEST_PG_BINDIR"
     )
 
 
@@ -95,9 +95,12 @@ class PostgresServer:
             shutil.chown(pwfile, "postgres", "postgres")
         self._run(
             str(self.bindir / "initdb"),
-            "-D", str(self.datadir),
-            "-U", SUPERUSER,
-            "--pwfile", str(pwfile),
+            "-D",
+            str(self.datadir),
+            "-U",
+            SUPERUSER,
+            "--pwfile",
+            str(pwfile),
             "--auth=scram-sha-256",
             "--encoding=UTF8",
             "--locale=C",
@@ -122,8 +125,15 @@ class PostgresServer:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-            "-w", "-t", "60", "start",
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.logfile),
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
 
     def stop(self, mode: str = "fast") -> None:
@@ -137,10 +147,8 @@ class PostgresServer:
 
     def cleanup(self) -> None:
         """Stop the server if it runs and remove its folder."""
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
