@@ -63,7 +63,7 @@ class Database:
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self.connect() as conn:
-            return conn.execute(sql, params).fetchall()
+            return conn.execute(sql, params or None).fetchall()
 
     def scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         rows = self.query(sql, params)

@@ -21,7 +21,7 @@ from psycopg.pq import TransactionStatus
 
 from pgsluice import history
 from pgsluice.config import Config
-from pgsluice.errors import MigrationFailedError
+from pgsluice.errors import DatabaseUnreachableError, MigrationFailedError
 from pgsluice.migrations import Migration
 from pgsluice.sql import Statement, line_col
 
@@ -42,6 +42,14 @@ SESSION_RESET = (
     "DISCARD SEQUENCES",
 )
 RETRYABLE = (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected)
+CONNECTION_LOST_SQLSTATES = ("57P01", "57P02", "57P03")  # admin/crash shutdown, cannot connect now
+
+
+def _connection_lost(conn: psycopg.Connection[Any], exc: BaseException | None) -> bool:
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    sqlstate = exc.sqlstate or ""
+    return conn.broken or conn.closed or sqlstate.startswith("08") or sqlstate in CONNECTION_LOST_SQLSTATES
 MAX_RETRY_DELAY_SECONDS = 30.0
 
 
@@ -107,7 +115,7 @@ def _failure(migration: Migration, exc: psycopg.Error, statement: Statement | No
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:
-    if conn.closed:
+    if conn.closed or conn.broken:
         return
     if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         conn.execute("ROLLBACK")
@@ -229,6 +237,20 @@ def apply_migration(conn: psycopg.Connection[Any], migration: Migration, config:
             break
         except MigrationFailedError as exc:
             cause = exc.__cause__
+            if _connection_lost(conn, cause):
+                log.error("migration.connection_lost", version=migration.version, file=migration.filename)
+                lost = DatabaseUnreachableError(
+                    f"lost the connection to the database while applying {migration.filename}: "
+                    f"{' '.join(str(cause).split())}"
+                    + (
+                        f"; history row {migration.version} stays 'started'"
+                        if migration.no_transaction
+                        else "; the server rolled the migration back"
+                    ),
+                    hint="the database restarted or the network failed; run again once it is back",
+                )
+                lost.fields = exc.fields
+                raise lost from cause
             if migration.no_transaction or not isinstance(cause, RETRYABLE) or attempt > config.ddl_retries:
                 if isinstance(cause, RETRYABLE):
                     exc.message += f" after {attempt} attempt(s)"

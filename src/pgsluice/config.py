@@ -329,6 +329,7 @@ class Config:
     command: str = "migrate"
     database_url: str = ""
     password: str | None = None
+    pg_options: str = ""
     migrations_dir: Path = Path("./migrations")
     history_table: TableName = TableName("public", "pgsluice_history")
     wait_timeout_seconds: float = 60.0
@@ -434,11 +435,12 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         redactor.add(password)
 
     database_url = str(values["database_url"] or "")
-    if database_url:
-        redactor.add(_password_of(database_url, redactor))
-    for extra in ("target_database_url",):
-        if args.get(extra):
-            redactor.add(_password_of(str(args[extra]), redactor))
+    url_params = _conninfo_params(database_url) if database_url else {}
+    redactor.add(url_params.get("password"))
+    if args.get("target_database_url"):
+        redactor.add(_password_of(str(args["target_database_url"])))
+    # libpq ignores PGOPTIONS when the URL has options; we add ours to whichever applies.
+    pg_options = str(url_params.get("options") or env.get("PGOPTIONS") or "")
 
     try:
         history_table = parse_table_name(str(values["history_table"]))
@@ -478,6 +480,7 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         command=command,
         database_url=database_url,
         password=password,
+        pg_options=pg_options,
         migrations_dir=Path(str(values["migrations_dir"])),
         history_table=history_table,
         wait_timeout_seconds=float(values["wait_timeout_seconds"]),
@@ -514,8 +517,8 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     )
 
 
-def _password_of(conninfo: str, redactor: Redactor) -> str | None:
-    """The password inside a libpq URL or conninfo string; ConfigError if it does not parse."""
+def _conninfo_params(conninfo: str) -> dict[str, Any]:
+    """The parameters of a libpq URL or conninfo string; ConfigError if it does not parse."""
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
@@ -527,5 +530,9 @@ def _password_of(conninfo: str, redactor: Redactor) -> str | None:
             hint="use postgresql://user@host:5432/dbname (password via PGPASSWORD_FILE or the URL) "
             "or 'host=… dbname=…'",
         ) from exc
-    value = params.get("password")
+    return dict(params)
+
+
+def _password_of(conninfo: str) -> str | None:
+    value = _conninfo_params(conninfo).get("password")
     return str(value) if value is not None else None

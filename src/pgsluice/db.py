@@ -40,6 +40,16 @@ def is_permanent_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.ProgrammingError)
 
 
+# Server-side settings of every session. The server must notice a vanished
+# pgsluice quickly: an idle lock session by TCP keepalive, a running migration by
+# client_connection_check_interval (PostgreSQL 14+), so that a killed runner's
+# lock and transaction go in seconds, not hours.
+SESSION_OPTIONS = (
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+    " -c client_connection_check_interval=1000"
+)
+
+
 def connect_kwargs(config: Config, purpose: str) -> dict[str, Any]:
     """libpq parameters every pgsluice connection uses, on top of the configured URL."""
     kwargs: dict[str, Any] = {
@@ -50,6 +60,7 @@ def connect_kwargs(config: Config, purpose: str) -> dict[str, Any]:
         "keepalives_idle": 10,
         "keepalives_interval": 5,
         "keepalives_count": 3,
+        "options": f"{config.pg_options} {SESSION_OPTIONS}".strip(),
         "autocommit": True,
     }
     if config.password is not None:
