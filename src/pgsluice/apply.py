@@ -50,6 +50,8 @@ def _connection_lost(conn: psycopg.Connection[Any], exc: BaseException | None) -
         return False
     sqlstate = exc.sqlstate or ""
     return conn.broken or conn.closed or sqlstate.startswith("08") or sqlstate in CONNECTION_LOST_SQLSTATES
+
+
 MAX_RETRY_DELAY_SECONDS = 30.0
 
 

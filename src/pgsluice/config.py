@@ -21,6 +21,7 @@ from pgsluice.redact import Redactor
 
 DEFAULT_HISTORY_TABLE = "public.pgsluice_history"
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+BACKUP_SCHEMES = ("s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://", "file://")
 COMMANDS = ("migrate", "status", "plan", "baseline", "resolve", "new", "lint", "backup", "backups", "restore")
 SECRET_ENV = (
     "PGPASSWORD",
@@ -302,6 +303,46 @@ OPTIONS: tuple[Option, ...] = (
         commands=("migrate", "backup"),
     ),
     Option(
+        "backup_endpoint",
+        "--backup-endpoint",
+        "PGSLUICE_BACKUP_ENDPOINT",
+        None,
+        None,
+        "S3-compatible endpoint URL (MinIO, R2, Ceph); http:// allows plain HTTP",
+        commands=_BACKUP,
+        standard_env=("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    ),
+    Option(
+        "backup_region",
+        "--backup-region",
+        "PGSLUICE_BACKUP_REGION",
+        None,
+        None,
+        "S3 region",
+        commands=_BACKUP,
+        standard_env=("AWS_REGION", "AWS_DEFAULT_REGION"),
+    ),
+    Option(
+        "backup_path_style",
+        "--backup-path-style",
+        "PGSLUICE_BACKUP_PATH_STYLE",
+        None,
+        parse_bool,
+        "S3 path-style requests (endpoint/bucket/key), as MinIO and Ceph want",
+        boolean=True,
+        commands=_BACKUP,
+    ),
+    Option(
+        "backup_retries",
+        "--backup-retries",
+        "PGSLUICE_BACKUP_RETRIES",
+        5,
+        parse_int,
+        "retries of each object-store request (5xx, connection errors), with backoff",
+        "count",
+        commands=_BACKUP,
+    ),
+    Option(
         "pg_dump", "--pg-dump", "PGSLUICE_PG_DUMP", "pg_dump", None, "pg_dump program", commands=("migrate", "backup")
     ),
     Option(
@@ -352,6 +393,10 @@ class Config:
     backup_keep: int | None = None
     backup_max_age_seconds: float | None = None
     backup_compression_level: int | None = None
+    backup_endpoint: str | None = None
+    backup_region: str | None = None
+    backup_path_style: bool | None = None
+    backup_retries: int = 5
     backup_part_size_bytes: int = 16 * 1024**2
     backup_concurrency: int = 4
     pg_dump: str = "pg_dump"
@@ -468,6 +513,11 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     backup_url = values["backup_url"]
     if isinstance(backup_url, str) and backup_url.strip().lower() in ("", "none"):
         backup_url = "none"
+    elif isinstance(backup_url, str) and not backup_url.startswith(BACKUP_SCHEMES):
+        raise ConfigError(
+            f"--backup-url: {Redactor()(backup_url)!r} is not a supported backup target",
+            hint="use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path or none",
+        )
 
     command = str(args.get("command") or "migrate")
     if command == "migrate" and values["require_backup"] and backup_url in (None, "none"):
@@ -501,6 +551,10 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         backup_keep=values["backup_keep"],
         backup_max_age_seconds=values["backup_max_age_seconds"],
         backup_compression_level=values["backup_compression_level"],
+        backup_endpoint=values["backup_endpoint"],
+        backup_region=values["backup_region"],
+        backup_path_style=values["backup_path_style"],
+        backup_retries=int(values["backup_retries"]),
         backup_part_size_bytes=int(values["backup_part_size_bytes"]),
         backup_concurrency=int(values["backup_concurrency"]),
         pg_dump=str(values["pg_dump"]),

@@ -236,10 +236,48 @@ def run_new(config: Config, report: Report) -> ExitCode:
     return ExitCode.OK
 
 
-def _backup_commands() -> dict[str, Callable[[Config, Report], ExitCode]]:
-    from pgsluice import backup
+def run_backup(config: Config, report: Report) -> ExitCode:
+    """Take a backup now, under the lock, the same way migrate does."""
+    if config.backup_url in (None, "none"):
+        raise ConfigError("backup: no backup target configured", hint="set --backup-url / PGSLUICE_BACKUP_URL")
+    found = _discover(config, report)
+    with _session(config, report, locked=True) as conn:
+        plan = _plan(config, report, conn, found, check_sql=False)
+        from pgsluice.backup import take_backup
 
-    return {"backup": backup.run_backup, "backups": backup.run_list, "restore": backup.run_restore}
+        started = time.monotonic()
+        report.backup = take_backup(config, conn, plan).as_report()
+        report.timed("backup", started)
+    return ExitCode.OK
+
+
+def run_list(config: Config, report: Report) -> ExitCode:
+    """List the complete backups under the target, newest first."""
+    from pgsluice.backup import list_backups
+    from pgsluice.storage import open_target
+
+    if config.backup_url in (None, "none"):
+        raise ConfigError("backups: no backup target configured", hint="set --backup-url / PGSLUICE_BACKUP_URL")
+    views.print_backups(list_backups(open_target(config)), as_json=config.json_output)
+    return ExitCode.OK
+
+
+def run_restore(config: Config, report: Report) -> ExitCode:
+    """Restore one backup into --target-database."""
+    from pgsluice.backup import find_backup, restore_backup
+    from pgsluice.storage import open_target
+
+    if config.backup_url in (None, "none"):
+        raise ConfigError("restore: no backup target configured", hint="set --backup-url / PGSLUICE_BACKUP_URL")
+    assert config.backup_id is not None and config.target_database_url is not None  # noqa: S101 - argparse
+    target = open_target(config)
+    info = find_backup(target, config.backup_id)
+    started = time.monotonic()
+    size = restore_backup(config, info, target, config.target_database_url, config.clean)
+    report.timed("restore", started)
+    report.backup = {"id": info.id, "object": info.object, "bytes": size, "sha256": info.sha256}
+    log.info("restore.completed", id=info.id, bytes=size)
+    return ExitCode.OK
 
 
 COMMANDS: dict[str, Callable[[Config, Report], ExitCode]] = {
@@ -250,10 +288,12 @@ COMMANDS: dict[str, Callable[[Config, Report], ExitCode]] = {
     "resolve": run_resolve,
     "lint": run_lint,
     "new": run_new,
+    "backup": run_backup,
+    "backups": run_list,
+    "restore": run_restore,
 }
 
 
 def dispatch(config: Config, report: Report) -> ExitCode:
     """Run ``config.command``."""
-    handler = COMMANDS.get(config.command) or _backup_commands()[config.command]
-    return handler(config, report)
+    return COMMANDS[config.command](config, report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC
 from typing import Any
 
 from pgsluice.migrations import Discovery, Problem
@@ -64,7 +65,7 @@ def print_status(plan: Plan, *, as_json: bool) -> None:
                 str(entry.version),
                 entry.name,
                 state,
-                when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "",
+                when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if when else "",
                 f"{row.applied_by}@{row.hostname}" if row else "",
                 f"{row.duration_seconds:.3f}s" if row and row.duration_seconds is not None else "",
             ]
@@ -116,3 +117,16 @@ def print_lint(found: Discovery, problems: list[Problem], warnings: list[Problem
         for problem in items:
             sys.stdout.write(f"{kind}: {problem}\n")
     sys.stdout.write(f"{len(found.migrations)} migration(s), {len(problems)} error(s), {len(warnings)} warning(s)\n")
+
+
+def print_backups(backups: list[Any], *, as_json: bool) -> None:
+    """The complete backups, newest first."""
+    if as_json:
+        sys.stdout.write(json.dumps([b.__dict__ for b in backups], indent=2) + "\n")
+        return
+    rows = [["ID", "FINISHED (UTC)", "SIZE", "VERSIONS"]]
+    for b in backups:
+        rows.append(
+            [b.id, b.time[:19].replace("T", " "), f"{b.size / 1024**2:.1f} MiB", f"{b.from_version} -> {b.to_version}"]
+        )
+    sys.stdout.write((_table(rows) if backups else "no complete backups") + "\n")
