@@ -163,3 +163,13 @@ def mdir(tmp_path: Path) -> Path:
 def assert_no_secret(*texts: str) -> None:
     for text in texts:
         assert PASSWORD not in text
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """moto's S3 server on loopback for the whole session."""
+    from tests.support.s3server import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()

@@ -1,0 +1,348 @@
+"""Backups against real servers on loopback: PostgreSQL, moto's S3 server, a local folder. No mocks."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import secrets
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Database, Server, assert_no_secret, run_cli, write_migrations
+from tests.support.s3server import SECRET_KEY
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = {
+    "001_users.sql": (
+        "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, meta jsonb);\n"
+        "INSERT INTO users (email, meta) SELECT 'u' || g || '@x', jsonb_build_object('n', g)"
+        " FROM generate_series(1, 2000) g;\n"
+        "CREATE VIEW active_users AS SELECT * FROM users WHERE id % 2 = 0;\n"
+        "CREATE FUNCTION bump(i int) RETURNS int LANGUAGE sql AS $$ SELECT i + 1 $$;\n"
+    ),
+}
+
+
+@dataclass
+class Backend:
+    """One backup target: its URL and the environment that reaches it."""
+
+    name: str
+    url: str
+    env: dict[str, str]
+
+    def objects(self) -> list[str]:
+        if self.name == "file":
+            root = Path(self.url.removeprefix("file://"))
+            return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        raise NotImplementedError
+
+
+@pytest.fixture(params=["file", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The shared contract runs on a local folder and on moto's S3 server."""
+    if request.param == "file":
+        yield Backend("file", f"file://{tmp_path}/backups", {})
+        return
+    s3 = request.getfixturevalue("s3_server")
+    bucket = f"b-{secrets.token_hex(4)}"
+    s3.client().create_bucket(Bucket=bucket)
+    yield Backend("s3", f"s3://{bucket}/pgsluice", s3.env())
+
+
+def list_keys(backend: Backend, request: pytest.FixtureRequest) -> list[str]:
+    if backend.name == "file":
+        return backend.objects()
+    s3 = request.getfixturevalue("s3_server")
+    bucket = backend.url.removeprefix("s3://").split("/")[0]
+    listing = s3.client().list_objects_v2(Bucket=bucket)
+    return sorted(o["Key"].removeprefix("pgsluice/") for o in listing.get("Contents", []))
+
+
+def fingerprint(db_url: str) -> tuple[str, dict[str, Any]]:
+    """The schema as pg_dump prints it, and a checksum of every table's rows."""
+    schema = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-owner", "--exclude-table=pgsluice_history", db_url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    schema = "\n".join(
+        line for line in schema.splitlines() if not line.startswith(("--", "\\restrict", "\\unrestrict"))
+    )
+    import psycopg
+
+    rows: dict[str, Any] = {}
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+        ).fetchall()
+        for (table,) in tables:
+            rows[table] = conn.execute(
+                f"SELECT count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"
+            ).fetchone()
+    return schema, rows
+
+
+def new_database(server: Server) -> str:
+    name = f"r_{secrets.token_hex(5)}"
+    with server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def test_contract_backup_list_restore_round_trip(
+    db: Database, mdir: Path, backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    """migrate takes a verified backup with its manifest; backups lists it; restore rebuilds an equal database."""
+    write_migrations(mdir, SCHEMA)
+    assert run_cli("migrate", url=db.url, migrations=mdir).returncode == 0
+    write_migrations(mdir, {"002_more.sql": "ALTER TABLE users ADD COLUMN nick text;\n"})
+    before = fingerprint(db.url)
+
+    result = run_cli("migrate", "--backup-url", backend.url, url=db.url, migrations=mdir, **backend.env)
+    assert result.returncode == 0, result.stderr
+    backup = result.finished["backup"]
+    assert backup["verified"] is True
+    assert backup["id"].startswith(f"{db.name}/") and backup["id"].endswith("_1-to-2")
+    assert result.names().index("backup.completed") < result.names().index("migration.applying")
+
+    keys = list_keys(backend, request)
+    stem = backup["id"]
+    assert keys == [f"{stem}.dump", f"{stem}.manifest.json"]
+    listed = run_cli("backups", "--json", "--backup-url", backend.url, url=db.url, **backend.env)
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert (entry["id"], entry["from_version"], entry["to_version"], entry["size"]) == (stem, 1, 2, backup["bytes"])
+
+    target = new_database(db.server)
+    restored = run_cli(
+        "restore",
+        stem,
+        "--target-database",
+        db.server.url(target),
+        "--backup-url",
+        backend.url,
+        url=db.url,
+        **backend.env,
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(db.server.url(target)) == before
+
+    refused = run_cli(
+        "restore",
+        stem,
+        "--target-database",
+        db.server.url(target),
+        "--backup-url",
+        backend.url,
+        url=db.url,
+        **backend.env,
+    )
+    assert refused.returncode == 2
+    assert "is not empty" in refused.finished["reason"]
+    again = run_cli(
+        "restore",
+        stem.rsplit("/", 1)[-1],
+        "--clean",
+        "--target-database",
+        db.server.url(target),
+        "--backup-url",
+        backend.url,
+        url=db.url,
+        **backend.env,
+    )
+    assert again.returncode == 0, again.stderr
+    assert fingerprint(db.server.url(target)) == before
+
+
+def test_nothing_pending_takes_no_backup(db: Database, mdir: Path, tmp_path: Path) -> None:
+    """A pod restart with a current schema must not dump the database."""
+    write_migrations(mdir, SCHEMA)
+    url = f"file://{tmp_path}/bk"
+    assert run_cli("migrate", "--backup-url", url, url=db.url, migrations=mdir).returncode == 0
+    again = run_cli("migrate", "--backup-url", url, url=db.url, migrations=mdir)
+    assert again.returncode == 0
+    assert "backup.started" not in again.names()
+    assert again.finished["backup"] is None
+    assert len(list((tmp_path / "bk").rglob("*.dump"))) == 1
+
+
+def test_pg_dump_killed_mid_run_exits_8_and_applies_nothing(db: Database, mdir: Path, tmp_path: Path) -> None:
+    """pg_dump's connection terminated: exit 8 with pg_dump's message, no manifest, nothing applied, lock free."""
+    write_migrations(mdir, {**SCHEMA, "002_more.sql": "ALTER TABLE users ADD COLUMN nick text;\n"})
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, meta jsonb)")
+    assert run_cli("baseline", "1", url=db.url, migrations=mdir).returncode == 0
+
+    from tests.test_concurrency import finished, poll, start
+
+    blocker = db.connect()
+    blocker.execute("BEGIN")
+    blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # pg_dump waits for its ACCESS SHARE lock
+    log = tmp_path / "dump.log"
+    proc = start(db, mdir, "migrate", "--backup-url", f"file://{tmp_path}/bk", log=log)
+    pid = poll(
+        lambda: db.scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgsluice%%backup' AND wait_event_type = 'Lock'"
+        ),
+        "pg_dump to wait for its lock",
+    )
+    with db.connect() as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    result = finished(proc, log)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert result.returncode == 8, result.stderr
+    assert result.finished["reason"].startswith("pg_dump exited with code 1")
+    assert "terminat" in result.finished["reason"]
+    assert list((tmp_path / "bk").rglob("*.manifest.json")) == []
+    assert db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert db.history() == [(1, "users", "applied")]
+    assert db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nick'") == 0
+
+
+class _Always500(http.server.BaseHTTPRequestHandler):
+    def _fail(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _fail
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+def test_store_unreachable_or_failing_exits_8_after_bounded_retries(db: Database, mdir: Path, s3_server: Any) -> None:
+    """Connection refused, then HTTP 500 on every request: bounded retries, exit 8, nothing applied, no secret."""
+    write_migrations(mdir, SCHEMA)
+    env = {**s3_server.env(), "PGSLUICE_BACKUP_RETRIES": "2"}
+    refused = run_cli(
+        "migrate",
+        "--backup-url",
+        "s3://nowhere/p",
+        "--backup-endpoint",
+        "http://127.0.0.1:9",
+        url=db.url,
+        migrations=mdir,
+        **env,
+    )
+    assert refused.returncode == 8, refused.stderr
+    assert refused.finished["reason"].startswith("upload of s3://nowhere/p/")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Always500) as failing:
+        threading.Thread(target=failing.serve_forever, daemon=True).start()
+        started = time.monotonic()
+        broken = run_cli(
+            "migrate",
+            "--backup-url",
+            "s3://broken/p",
+            "--backup-endpoint",
+            f"http://127.0.0.1:{failing.server_address[1]}",
+            url=db.url,
+            migrations=mdir,
+            **env,
+        )
+        elapsed = time.monotonic() - started
+        failing.shutdown()
+    assert broken.returncode == 8, broken.stderr
+    assert "500" in broken.finished["reason"]
+    assert elapsed < 60
+    assert db.scalar("SELECT to_regclass('users') IS NULL") is True
+    assert_no_secret(refused.stderr, broken.stderr)
+    assert SECRET_KEY not in refused.stderr + broken.stderr
+
+
+def test_retention_keeps_exactly_what_it_promises(db: Database, mdir: Path, tmp_path: Path) -> None:
+    """--backup-keep 2 after four backups: the two newest complete ones remain; an old orphan dump is removed."""
+    write_migrations(mdir, SCHEMA)
+    assert run_cli("migrate", url=db.url, migrations=mdir).returncode == 0
+    url = f"file://{tmp_path}/bk"
+    ids = []
+    for _ in range(4):
+        result = run_cli("backup", "--backup-url", url, "--backup-keep", "2", url=db.url, migrations=mdir)
+        assert result.returncode == 0, result.stderr
+        ids.append(result.finished["backup"]["id"])
+    listed = run_cli("backups", "--json", "--backup-url", url, url=db.url)
+    assert [b["id"] for b in json.loads(listed.stdout)] == [ids[3], ids[2]]
+    remaining = sorted(p.name for p in (tmp_path / "bk" / db.name).iterdir())
+    assert remaining == sorted(f"{i.rsplit('/', 1)[1]}{s}" for i in ids[2:] for s in (".dump", ".manifest.json"))
+
+    orphan = tmp_path / "bk" / db.name / "20200101T000000000Z_0-to-1.dump"
+    orphan.write_bytes(b"partial")
+    import os
+
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    aged = run_cli("backup", "--backup-url", url, "--backup-max-age", "0s", url=db.url, migrations=mdir)
+    assert aged.returncode == 0, aged.stderr
+    listed = json.loads(run_cli("backups", "--json", "--backup-url", url, url=db.url).stdout)
+    assert [b["id"] for b in listed] == [aged.finished["backup"]["id"]]
+    assert not orphan.exists()
+
+
+def test_corrupt_object_is_refused_on_restore(db: Database, mdir: Path, tmp_path: Path) -> None:
+    """A dump whose bytes no longer match its manifest restores nothing: exit 8, target still empty."""
+    write_migrations(mdir, SCHEMA)
+    url = f"file://{tmp_path}/bk"
+    assert run_cli("migrate", url=db.url, migrations=mdir).returncode == 0
+    taken = run_cli("backup", "--backup-url", url, url=db.url, migrations=mdir)
+    dump = next((tmp_path / "bk").rglob("*.dump"))
+    data = bytearray(dump.read_bytes())
+    data[-10] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    target = new_database(db.server)
+    result = run_cli(
+        "restore",
+        taken.finished["backup"]["id"],
+        "--target-database",
+        db.server.url(target),
+        "--backup-url",
+        url,
+        url=db.url,
+    )
+    assert result.returncode == 8
+    assert "its manifest says" in result.finished["reason"]
+    import psycopg
+
+    with psycopg.connect(db.server.url(target)) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+def test_old_pg_dump_is_refused_with_both_versions(db: Database, mdir: Path, tmp_path: Path) -> None:
+    """pg_dump older than the server: exit 2 naming both majors and the image to use."""
+    write_migrations(mdir, SCHEMA)
+    old = tmp_path / "pg_dump"
+    old.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n")  # what an old client answers
+    old.chmod(0o755)
+    result = run_cli(
+        "migrate", "--backup-url", f"file://{tmp_path}/bk", "--pg-dump", str(old), url=db.url, migrations=mdir
+    )
+    assert result.returncode == 2
+    assert result.finished["reason"].startswith("pg_dump 9 cannot dump PostgreSQL ")
+    assert "postgresql-client-" in result.finished["reason"]
+    assert db.scalar("SELECT to_regclass('users') IS NULL") is True
+
+
+def test_unset_backup_warns_and_require_backup_refuses(db: Database, mdir: Path) -> None:
+    """No target: a warning event; with --require-backup: exit 2 before connecting."""
+    write_migrations(mdir, SCHEMA)
+    required = run_cli("migrate", "--require-backup", url=db.url, migrations=mdir)
+    assert required.returncode == 2
+    assert "db.connected" not in required.names()
+    plain = run_cli("migrate", url=db.url, migrations=mdir)
+    assert plain.returncode == 0
+    assert plain.event("backup.skipped")["level"] == "warning"
