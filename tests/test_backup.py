@@ -194,7 +194,8 @@ def test_pg_dump_killed_mid_run_exits_8_and_applies_nothing(db: Database, mdir: 
     proc = start(db, mdir, "migrate", "--backup-url", f"file://{tmp_path}/bk", log=log)
     pid = poll(
         lambda: db.scalar(
-            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgsluice%%backup' AND wait_event_type = 'Lock'"
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE application_name LIKE 'pgsluice%%backup' AND wait_event_type = 'Lock'"
         ),
         "pg_dump to wait for its lock",
     )
@@ -221,7 +222,7 @@ class _Always500(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _fail
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _fail  # noqa: N815 - http.server's method names
 
     def log_message(self, *args: Any) -> None:
         return

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 ACCESS_KEY = "AKIAPGSLUICETEST0001"
-SECRET_KEY = "pgsluice-test-secret-Zq9xW2"  # noqa: S105 - a throwaway moto key, asserted absent from output
+SECRET_KEY = "pgsluice-test-secret-Zq9xW2"
 
 
 def free_port() -> int:
