@@ -39,6 +39,15 @@ def _problem_dict(problem: Problem) -> dict[str, Any]:
     }
 
 
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
@@ -127,6 +136,6 @@ def print_backups(backups: list[Any], *, as_json: bool) -> None:
     rows = [["ID", "FINISHED (UTC)", "SIZE", "VERSIONS"]]
     for b in backups:
         rows.append(
-            [b.id, b.time[:19].replace("T", " "), f"{b.size / 1024**2:.1f} MiB", f"{b.from_version} -> {b.to_version}"]
+            [b.id, b.time[:19].replace("T", " "), _size(b.size), f"{b.from_version} -> {b.to_version}"]
         )
     sys.stdout.write((_table(rows) if backups else "no complete backups") + "\n")
