@@ -103,3 +103,17 @@ def test_checksum_changes_with_any_real_change() -> None:
     assert token_checksum('CREATE TABLE "Users" (id int);') != base
     assert token_checksum("SELECT 'a'") != token_checksum("SELECT 'A'")
     assert analyze("CREATE TABLE users (id int);", no_transaction=True).checksum != base
+
+
+def test_session_neutral_files_skip_the_session_reset() -> None:
+    """Plain DDL/DML leaves no session state; SET, temp objects, DO, SELECT or PREPARE might."""
+    assert analyze("CREATE TABLE a (x int); INSERT INTO a VALUES (1); CREATE INDEX i ON a (x);").session_neutral
+    for text in (
+        "SET search_path = app; CREATE TABLE a (x int);",
+        "CREATE TEMP TABLE scratch (x int);",
+        "CREATE TEMP VIEW v AS SELECT 1;",
+        "DO $$ BEGIN PERFORM set_config('role', 'x', false); END $$;",
+        "SELECT pg_advisory_lock(1);",
+        "PREPARE q AS SELECT 1;",
+    ):
+        assert not analyze(text).session_neutral, text

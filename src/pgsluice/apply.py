@@ -70,11 +70,12 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _timeouts(config: Config, local: bool) -> tuple[str, ...]:
-    scope = "LOCAL " if local else ""
+def _timeouts(config: Config, local: bool) -> str:
+    """One statement setting both timeouts (for the transaction, or for the session)."""
+    scope = "true" if local else "false"
     return (
-        f"SET {scope}lock_timeout = {_ms(config.ddl_lock_timeout_seconds)}",
-        f"SET {scope}statement_timeout = {_ms(config.statement_timeout_seconds)}",
+        f"SELECT set_config('lock_timeout', '{_ms(config.ddl_lock_timeout_seconds)}', {scope}),"
+        f" set_config('statement_timeout', '{_ms(config.statement_timeout_seconds)}', {scope})"
     )
 
 
@@ -138,7 +139,7 @@ def _apply_in_transaction(conn: psycopg.Connection[Any], migration: Migration, c
     if analysis.parse_error is not None:
         # pglast could not parse it (newer syntax?): the server gets the file whole.
         try:
-            for query in (begin, *_timeouts(config, local=True)):
+            for query in (begin, _timeouts(config, local=True)):
                 conn.execute(query)
             conn.execute(migration.text)
             conn.execute(record)
@@ -153,19 +154,20 @@ def _apply_in_transaction(conn: psycopg.Connection[Any], migration: Migration, c
     cursors: list[tuple[Statement, psycopg.Cursor[Any]]] = []
     try:
         with conn.pipeline():
-            for query in (begin, *_timeouts(config, local=True)):
+            for query in (begin, _timeouts(config, local=True)):
                 conn.execute(query)
             for statement in analysis.statements:
                 cur = conn.cursor()
                 cursors.append((statement, cur))
                 cur.execute(statement.text)
-            # A migration may have SET ROLE to a role that cannot write the history.
-            conn.execute("SET SESSION AUTHORIZATION DEFAULT")
-            recorder = conn.cursor()
-            recorder.execute(record)
+            if not analysis.session_neutral:
+                # A migration may have SET ROLE to a role that cannot write the history.
+                conn.execute("SET SESSION AUTHORIZATION DEFAULT")
+            conn.execute(record)
             conn.execute("COMMIT")
-            for query in SESSION_RESET:
-                conn.execute(query)
+            if not analysis.session_neutral:
+                for query in SESSION_RESET:
+                    conn.execute(query)
     except psycopg.Error as exc:
         failed = next((st for st, cur in cursors if cur.pgresult is None), None)
         _rollback(conn)
@@ -195,8 +197,7 @@ def _apply_without_transaction(conn: psycopg.Connection[Any], migration: Migrati
         hostname=config.hostname,
     )
     log.info("migration.started_row_written", version=migration.version, file=migration.filename)
-    for query in _timeouts(config, local=False):
-        conn.execute(query)
+    conn.execute(_timeouts(config, local=False))
     for statement in migration.analysis.statements:
         try:
             conn.execute(statement.text)

@@ -42,19 +42,17 @@ def ensure_table(conn: psycopg.Connection[Any], table: TableName) -> None:
     )
 
 
-def read_history(conn: psycopg.Connection[Any], table: TableName) -> list[HistoryRow]:
-    """Every row in version order; an absent table is an empty history."""
-    exists = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (str(sql.Identifier(table.schema, table.name).as_string(conn)),)
-    ).fetchone()
-    if not exists or not exists[0]:
-        return []
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT version, name, checksum, file_sha256, status, execution, started_at, applied_at,"
-            " duration_seconds, applied_by, hostname, pgsluice_version FROM {} ORDER BY version"
-        ).format(table_ident(table))
-    ).fetchall()
+def read_history(conn: psycopg.Connection[Any], table: TableName) -> list[HistoryRow] | None:
+    """Every row in version order; None when the table does not exist yet (one round trip either way)."""
+    try:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT version, name, checksum, file_sha256, status, execution, started_at, applied_at,"
+                " duration_seconds, applied_by, hostname, pgsluice_version FROM {} ORDER BY version"
+            ).format(table_ident(table))
+        ).fetchall()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+        return None
     return [HistoryRow(*row) for row in rows]
 
 

@@ -54,7 +54,7 @@ def describe_holder(conn: psycopg.Connection[Any], key: int) -> dict[str, Any]:
 
 @contextmanager
 def advisory_lock(
-    conn: psycopg.Connection[Any], key: int, timeout_seconds: float, poll_max_seconds: float = 0.2
+    conn: psycopg.Connection[Any], key: int, timeout_seconds: float, poll_max_seconds: float = 0.05
 ) -> Iterator[float]:
     """Hold the session lock ``key`` on ``conn`` for the block; yields the seconds waited.
 

@@ -73,9 +73,22 @@ def _session(config: Config, report: Report, *, locked: bool) -> Iterator[psycop
                 yield work
 
 
-def _plan(config: Config, report: Report, conn: psycopg.Connection[Any], found: Discovery, check_sql: bool) -> Plan:
+def _plan(
+    config: Config,
+    report: Report,
+    conn: psycopg.Connection[Any],
+    found: Discovery,
+    check_sql: bool,
+    *,
+    create: bool = False,
+) -> Plan:
+    """Read the history (creating the table first when ``create``) and compare it with the files."""
     started = time.monotonic()
     rows = history.read_history(conn, config.history_table)
+    if rows is None:
+        if create:
+            history.ensure_table(conn, config.history_table)
+        rows = []
     plan = make_plan(found.migrations, rows, allow_out_of_order=config.allow_out_of_order, check_sql=check_sql)
     report.timed("plan", started)
     report.pending_before = [m.version for m in plan.pending]
@@ -91,8 +104,7 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
 
     found = _discover(config, report)
     with _session(config, report, locked=True) as conn:
-        history.ensure_table(conn, config.history_table)
-        plan = _plan(config, report, conn, found, check_sql=True)
+        plan = _plan(config, report, conn, found, check_sql=True, create=True)
         log.info(
             "plan.ready",
             pending=report.pending_before,
@@ -121,7 +133,7 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
         # Trust, then verify: the history must now agree with the files.
         after = make_plan(
             found.migrations,
-            history.read_history(conn, config.history_table),
+            history.read_history(conn, config.history_table) or [],
             check_sql=False,
             allow_out_of_order=config.allow_out_of_order,
         )
@@ -184,7 +196,7 @@ def run_baseline(config: Config, report: Report) -> ExitCode:
         raise ConfigError(f"baseline {config.version}: no migration file has a version up to {config.version}")
     with _session(config, report, locked=True) as conn:
         history.ensure_table(conn, config.history_table)
-        known = {row.version for row in history.read_history(conn, config.history_table)}
+        known = {row.version for row in history.read_history(conn, config.history_table) or []}
         rows = [(m.version, m.name, m.checksum, m.file_sha256) for m in chosen if m.version not in known]
         history.insert_baseline(conn, config.history_table, rows, config.hostname)
     report.applied = [r[0] for r in rows]
@@ -196,7 +208,7 @@ def run_resolve(config: Config, report: Report) -> ExitCode:
     """Settle a half-applied no-transaction migration: mark it applied, or forget it."""
     assert config.version is not None  # noqa: S101 - argparse requires it
     with _session(config, report, locked=True) as conn:
-        rows = {row.version: row for row in history.read_history(conn, config.history_table)}
+        rows = {row.version: row for row in history.read_history(conn, config.history_table) or []}
         row = rows.get(config.version)
         if row is None or row.status != STARTED:
             state = row.status if row else "not in the history"

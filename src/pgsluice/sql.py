@@ -47,6 +47,9 @@ class Analysis:
     non_transactional: tuple[SqlIssue, ...]
     unsupported: tuple[SqlIssue, ...]
     checksum: str
+    session_neutral: bool = False
+    """Only statements that leave no session state behind (no SET, no temp objects…):
+    the session reset after this migration can be skipped."""
 
 
 def line_col(text: str, offset: int) -> tuple[int, int]:
@@ -97,6 +100,66 @@ def non_transactional_reason(node: Any) -> str | None:
         "DropSubscriptionStmt": "DROP SUBSCRIPTION",
     }
     return fixed.get(name)
+
+
+# Statements that cannot change the session's state (settings, role, temp objects,
+# prepared statements, cursors, LISTEN, advisory locks) short of calling a function
+# that does. DO blocks, SELECT, CALL and SET are deliberately absent.
+_SESSION_NEUTRAL = frozenset(
+    {
+        "CreateStmt",
+        "IndexStmt",
+        "AlterTableStmt",
+        "DropStmt",
+        "CommentStmt",
+        "GrantStmt",
+        "GrantRoleStmt",
+        "CreateSeqStmt",
+        "AlterSeqStmt",
+        "ViewStmt",
+        "CreateFunctionStmt",
+        "CreateEnumStmt",
+        "AlterEnumStmt",
+        "CompositeTypeStmt",
+        "CreateDomainStmt",
+        "AlterDomainStmt",
+        "RenameStmt",
+        "CreateSchemaStmt",
+        "CreateExtensionStmt",
+        "CreateTrigStmt",
+        "CreatePolicyStmt",
+        "AlterPolicyStmt",
+        "InsertStmt",
+        "UpdateStmt",
+        "DeleteStmt",
+        "TruncateStmt",
+        "AlterOwnerStmt",
+        "AlterObjectSchemaStmt",
+        "DefineStmt",
+        "CreateTableAsStmt",
+        "AlterFunctionStmt",
+        "CreateCastStmt",
+        "RuleStmt",
+        "AlterDefaultPrivilegesStmt",
+        "CreateRoleStmt",
+        "AlterRoleStmt",
+        "AlterRoleSetStmt",
+        "AlterDatabaseSetStmt",
+        "ReindexStmt",
+        "ClusterStmt",
+        "VacuumStmt",
+    }
+)
+
+
+def _session_neutral(node: Any) -> bool:
+    name = _node_name(node)
+    if name not in _SESSION_NEUTRAL:
+        return False
+    relation = getattr(node, "relation", None) or getattr(getattr(node, "into", None), "rel", None)
+    if relation is None and name == "ViewStmt":
+        relation = node.view
+    return getattr(relation, "relpersistence", "p") != "t"
 
 
 def _transaction_kind(node: Any) -> str | None:
@@ -205,4 +268,5 @@ def analyze(text: str, *, no_transaction: bool = False) -> Analysis:
         non_transactional=tuple(non_tx),
         unsupported=unsupported,
         checksum=token_checksum(text, skip, extra),
+        session_neutral=all(_session_neutral(node) for _, node in stmts),
     )

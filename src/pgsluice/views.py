@@ -135,7 +135,5 @@ def print_backups(backups: list[Any], *, as_json: bool) -> None:
         return
     rows = [["ID", "FINISHED (UTC)", "SIZE", "VERSIONS"]]
     for b in backups:
-        rows.append(
-            [b.id, b.time[:19].replace("T", " "), _size(b.size), f"{b.from_version} -> {b.to_version}"]
-        )
+        rows.append([b.id, b.time[:19].replace("T", " "), _size(b.size), f"{b.from_version} -> {b.to_version}"])
     sys.stdout.write((_table(rows) if backups else "no complete backups") + "\n")
