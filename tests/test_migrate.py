@@ -443,3 +443,20 @@ def test_password_never_appears_in_any_output(db: Database, mdir: Path, tmp_path
     outputs += [via_file.stdout, via_file.stderr, term.read_text()]
     assert_no_secret(*outputs)
     assert any("002_bad.sql" in o for o in outputs)
+
+
+def test_sql_ascii_database_reads_history_as_text(db: Database, mdir: Path) -> None:
+    """In a SQL_ASCII database (initdb without a locale), a second run still sees the history unchanged."""
+    name = db.name + "_ascii"
+    with db.server.admin() as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        url = db.server.url(name)
+        write_migrations(mdir, {"001_users.sql": USERS})
+        assert run_cli("migrate", url=url, migrations=mdir).returncode == 0
+        again = run_cli("migrate", url=url, migrations=mdir)
+        assert again.returncode == 0, again.stderr
+        assert again.finished["applied"] == []
+    finally:
+        with db.server.admin() as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")

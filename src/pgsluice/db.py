@@ -61,6 +61,8 @@ def connect_kwargs(config: Config, purpose: str) -> dict[str, Any]:
         "keepalives_interval": 5,
         "keepalives_count": 3,
         "options": f"{config.pg_options} {SESSION_OPTIONS}".strip(),
+        # In a SQL_ASCII database psycopg would return text as bytes; ask for UTF-8.
+        "client_encoding": "UTF8",
         "autocommit": True,
     }
     if config.password is not None:
