@@ -1,0 +1,116 @@
+"""The real image, built from the Dockerfile, run against a real PostgreSQL over host networking."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Database, parse_events, write_migrations
+from tests.test_concurrency import LONG, poll, sleeping_pid
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+def run(
+    docker_client: Any, image: str, db_url: str, mdir: Path | None, *args: str, detach: bool = False, **kwargs: Any
+) -> Any:
+    volumes = {str(mdir): {"bind": "/migrations", "mode": "ro"}} if mdir else {}
+    volumes.update(kwargs.pop("volumes", {}))
+    return docker_client.containers.run(
+        image,
+        list(args) or None,
+        network_mode="host",
+        read_only=True,
+        tmpfs={"/tmp": ""},
+        environment={"DATABASE_URL": db_url, **kwargs.pop("environment", {})},
+        volumes=volumes,
+        detach=True,
+        **kwargs,
+    )
+
+
+def finish(container: Any, timeout: int = 120) -> tuple[int, str]:
+    code = container.wait(timeout=timeout)["StatusCode"]
+    logs = container.logs(stdout=True, stderr=True).decode()
+    container.remove(force=True)
+    return code, logs
+
+
+def test_image_applies_migrations_as_non_root_with_read_only_root(
+    docker_client: Any, pgsluice_image: str, db: Database
+) -> None:
+    """The baked-in migrations apply and exit 0; uid 10001; the root filesystem is read-only."""
+    code, logs = finish(run(docker_client, pgsluice_image, db.url, None))
+    assert code == 0, logs
+    assert parse_events(logs)[-1]["applied"] == [1, 2, 3, 4, 5]
+    assert db.history()[-1] == (5, "index_users_created_at", "applied")
+    out = (
+        docker_client.containers.run(
+            pgsluice_image,
+            ["-c", "id -u; touch /probe 2>/dev/null && echo writable || echo read-only; touch /tmp/ok && echo tmp-ok"],
+            entrypoint="sh",
+            read_only=True,
+            tmpfs={"/tmp": ""},
+            network_mode="host",
+            remove=True,
+        )
+        .decode()
+        .split()
+    )
+    assert out == ["10001", "read-only", "tmp-ok"]
+
+
+def test_image_pg_dump_is_at_least_the_server_major(docker_client: Any, pgsluice_image: str, db: Database) -> None:
+    """pg_dump in the image can dump the server under test; tini is PID 1."""
+    out = docker_client.containers.run(pgsluice_image, ["--version"], entrypoint="pg_dump", remove=True).decode()
+    dump_major = int(out.split(")")[1].split(".")[0])
+    assert dump_major >= int(db.scalar("SHOW server_version_num")) // 10000
+    inspect = docker_client.api.inspect_image(pgsluice_image)
+    assert inspect["Config"]["Entrypoint"][:3] == ["/usr/bin/tini", "-g", "--"]
+    assert inspect["Config"]["User"] == "10001:10001"
+    assert inspect["Config"]["Labels"]["org.opencontainers.image.title"] == "pgsluice"
+
+
+def test_broken_migration_exits_7_with_the_reason_in_the_termination_message(
+    docker_client: Any, pgsluice_image: str, db: Database, mdir: Path, tmp_path: Path
+) -> None:
+    """A failing migration: container exit 7, and the termination message says which file, line and why."""
+    write_migrations(mdir, {"001_ok.sql": "CREATE TABLE ok (a int);\n", "002_bad.sql": "SELECT * FROM nowhere;\n"})
+    term = tmp_path / "term"
+    term.mkdir()
+    term.chmod(0o777)
+    code, logs = finish(
+        run(
+            docker_client,
+            pgsluice_image,
+            db.url,
+            mdir,
+            environment={"PGSLUICE_TERMINATION_LOG": "/term/message"},
+            volumes={str(term): {"bind": "/term", "mode": "rw"}},
+        )
+    )
+    assert code == 7, logs
+    message = (term / "message").read_text()
+    assert message.startswith('migration 002_bad.sql failed at line 1, column 15: relation "nowhere" does not exist')
+    assert "s3cret" not in logs + message
+    assert db.history() == [(1, "ok", "applied")]
+
+
+def test_sigterm_during_a_long_migration_exits_143_and_rolls_back(
+    docker_client: Any, pgsluice_image: str, db: Database, mdir: Path
+) -> None:
+    """docker stop (SIGTERM to tini, forwarded to the group): exit 143, nothing half-applied, lock free."""
+    write_migrations(mdir, {"001_long.sql": LONG})
+    container = run(docker_client, pgsluice_image, db.url, mdir)
+    poll(lambda: sleeping_pid(db), "the long migration to run in the container", timeout=60)
+    started = time.monotonic()
+    container.kill(signal="SIGTERM")
+    code, logs = finish(container, timeout=30)
+    assert code == 143, logs
+    assert time.monotonic() - started < 15
+    assert parse_events(logs)[-1]["outcome"] == "interrupted"
+    assert db.scalar("SELECT to_regclass('long_table') IS NULL") is True
+    assert db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
