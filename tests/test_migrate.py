@@ -460,3 +460,21 @@ def test_sql_ascii_database_reads_history_as_text(db: Database, mdir: Path) -> N
     finally:
         with db.server.admin() as conn:
             conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_failure_inside_a_batch_keeps_earlier_commits_and_runs_nothing_after(db: Database, mdir: Path) -> None:
+    """One pipeline for many files: 1-10 commit, 11 fails, 12-60 never run; the report says exactly that."""
+    files = {f"{n:03d}_t{n}.sql": f"CREATE TABLE t{n} (a int);\n" for n in range(1, 61)}
+    files["011_t11.sql"] = "CREATE TABLE t11 (a int);\nINSERT INTO t11 SELECT 1 / 0;\n"
+    write_migrations(mdir, files)
+    result = run_cli("migrate", url=db.url, migrations=mdir)
+    assert result.returncode == 7, result.stderr
+    assert result.finished["applied"] == list(range(1, 11))
+    assert result.finished["failed_migration"] == "011_t11.sql"
+    assert (result.finished["line"], result.finished["sqlstate"]) == (2, "22012")
+    assert [v for v, _, _ in db.history()] == list(range(1, 11))
+    assert db.scalar("SELECT count(*) FROM pg_tables WHERE tablename ~ '^t[0-9]+$'") == 10
+    assert [e["version"] for e in result.events if e["event"] == "migration.applied"] == list(range(1, 11))
+    assert "library.logged" not in result.names() or all(
+        "s3cret" not in str(e) for e in result.events if e["event"] == "library.logged"
+    )

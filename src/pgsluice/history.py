@@ -68,6 +68,7 @@ def applied_row_query(
         " duration_seconds, applied_by, hostname, pgsluice_version)"
         " VALUES ({version}, {name}, {checksum}, {sha}, 'applied', {execution}, now(), clock_timestamp(),"
         " extract(epoch FROM clock_timestamp() - now()), session_user, {hostname}, {pv})"
+        " RETURNING duration_seconds"
     ).format(
         table=table_ident(table),
         version=sql.Literal(version),

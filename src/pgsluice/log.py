@@ -32,6 +32,13 @@ def _redacting(redactor: Redactor) -> structlog.types.Processor:
     return processor
 
 
+class _StructlogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(record.name).log(
+            record.levelno, "library.logged", logger=record.name, message=record.getMessage()
+        )
+
+
 def configure_logging(
     log_format: str = "auto", level: str = "info", redactor: Redactor | None = None, stream: TextIO | None = None
 ) -> None:
@@ -62,6 +69,11 @@ def configure_logging(
         processors.append(
             structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback)
         )
+    # Libraries that log through the standard library (psycopg) come out as events too,
+    # structured and redacted like ours, instead of bare lines in the JSON stream.
+    root = logging.getLogger()
+    root.handlers[:] = [_StructlogHandler()]
+    root.setLevel(_LEVELS[level])
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

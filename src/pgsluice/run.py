@@ -18,7 +18,7 @@ from pgsluice.config import Config
 from pgsluice.db import connect, server_target
 from pgsluice.errors import ConfigError, ExitCode, InconsistentError
 from pgsluice.lock import advisory_lock
-from pgsluice.migrations import Discovery, Problem, discover
+from pgsluice.migrations import Discovery, Migration, Problem, discover
 from pgsluice.plan import STARTED, Plan, make_plan
 from pgsluice.report import Report
 from pgsluice.source import read_folder
@@ -100,7 +100,7 @@ def _plan(
 
 def run_migrate(config: Config, report: Report) -> ExitCode:
     """The gate: exit 0 only when every migration is applied and the history says so."""
-    from pgsluice.apply import apply_migration
+    from pgsluice.apply import AppliedMigration, apply_plan
 
     found = _discover(config, report)
     with _session(config, report, locked=True) as conn:
@@ -121,12 +121,16 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
         backup_step(config, report, conn, plan)
 
         started = time.monotonic()
+
+        def running(migration: Migration | None) -> None:
+            report.failed_migration = migration.filename if migration else None
+
+        def applied(done: AppliedMigration) -> None:
+            report.applied.append(done.version)
+
         try:
-            for migration in plan.pending:
-                report.failed_migration = migration.filename
-                apply_migration(conn, migration, config)
-                report.applied.append(migration.version)
-                report.failed_migration = None
+            apply_plan(conn, plan.pending, config, on_applied=applied, on_running=running)
+            report.failed_migration = None
         finally:
             report.timed("apply", started)
 
