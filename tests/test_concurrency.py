@@ -176,3 +176,33 @@ def test_database_restart_mid_run_fails_non_zero_then_a_rerun_completes(
     assert rerun.returncode == 0, rerun.stderr
     assert db.history() == [(1, "first", "applied"), (2, "long", "applied")]
     assert os.path.exists(log)
+
+
+def test_waits_for_a_database_that_starts_late(mdir: Path, tmp_path: Path) -> None:
+    """Started before its database: retries with backoff, one event per retry, then applies and exits 0."""
+    from tests.support.pgserver import PostgresServer
+
+    write_migrations(mdir, {"001_a.sql": "CREATE TABLE a (x int);\n"})
+    server = PostgresServer()
+    try:
+        server.init()
+        log = tmp_path / "late.log"
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                [*pgsluice_cmd(), "migrate", "--wait-timeout", "60s"],
+                env=cli_env(server.url(), mdir),
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+                cwd=ROOT,
+            )
+        poll(lambda: log.read_text().count("wait.retry_scheduled") >= 2, "two retries before the server starts")
+        server.start()
+        result = finished(proc, log)
+    finally:
+        server.cleanup()
+    assert result.returncode == 0, result.stderr
+    retries = [e for e in result.events if e["event"] == "wait.retry_scheduled"]
+    assert [e["retry_num"] for e in retries] == list(range(1, len(retries) + 1))
+    assert all(e["wait_seconds"] <= 2.0 for e in retries)
+    assert "Connection refused" in retries[0]["cause"]
+    assert result.finished["applied"] == [1]

@@ -377,7 +377,7 @@ class Config:
     wait_max_interval_seconds: float = 2.0
     connect_timeout_seconds: float = 5.0
     lock_timeout_seconds: float = 300.0
-    lock_poll_max_seconds: float = 0.05
+    lock_poll_max_seconds: float = 0.25
     ddl_lock_timeout_seconds: float = 5.0
     statement_timeout_seconds: float = 0.0
     ddl_retries: int = 5

@@ -1,7 +1,10 @@
-"""advisory_lock(): a session advisory lock, polled with pg_try_advisory_lock to a deadline.
+"""advisory_lock(): a session advisory lock, tried with pg_try_advisory_lock to a deadline.
 
 Never a blocking ``pg_advisory_lock``: a session waiting in it counts as a running
 transaction, and ``CREATE INDEX CONCURRENTLY`` run by the holder waits for it forever.
+Waiters LISTEN on a channel named after the key and the holder NOTIFYs it right after
+unlocking, so the next runner starts at once; between notifications they still try
+every ``poll_max_seconds`` (a SIGKILLed holder sends no notification).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import psycopg
 import structlog
+from psycopg import sql
 
 from pgsluice.errors import LockTimeoutError
 
@@ -29,6 +33,11 @@ WHERE l.locktype = 'advisory' AND l.granted
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.classid::bigint = %(hi)s AND l.objid::bigint = %(lo)s AND l.objsubid = 1
 """
+
+
+def channel_name(key: int) -> str:
+    """The LISTEN/NOTIFY channel of lock ``key``."""
+    return f"pgsluice_lock_{key & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def _key_parts(key: int) -> dict[str, int]:
@@ -65,6 +74,8 @@ def advisory_lock(
     deadline = started + timeout_seconds
     delay = 0.01
     last_logged: float | None = None
+    channel = sql.Identifier(channel_name(key))
+    listening = False
     while True:
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         if row and row[0]:
@@ -81,8 +92,16 @@ def advisory_lock(
         if last_logged is None or now - last_logged >= HOLDER_LOG_INTERVAL_SECONDS:
             log.info("lock.waiting", key=key, waited_seconds=round(now - started, 3), **describe_holder(conn, key))
             last_logged = now
-        time.sleep(min(delay * random.uniform(0.8, 1.2), max(0.0, deadline - now)))  # noqa: S311 - jitter
+        if not listening:
+            conn.execute(sql.SQL("LISTEN {}").format(channel))
+            listening = True
+            continue  # the holder may have released it before we listened
+        wait = min(delay * random.uniform(0.8, 1.2), max(0.0, deadline - now))  # noqa: S311 - jitter
+        for _ in conn.notifies(timeout=wait, stop_after=1):
+            pass
         delay = min(delay * 2, poll_max_seconds)
+    if listening:
+        conn.execute(sql.SQL("UNLISTEN {}").format(channel))
     waited = time.monotonic() - started
     log.info("lock.acquired", key=key, wait_seconds=round(waited, 3))
     try:
@@ -91,6 +110,7 @@ def advisory_lock(
         try:
             if not conn.closed:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                conn.execute(sql.SQL("NOTIFY {}").format(channel))  # after the unlock: wake the next runner
                 log.info("lock.released", key=key)
         except psycopg.Error:
             # The session is gone, and the lock with it.

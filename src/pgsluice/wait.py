@@ -3,66 +3,71 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
 
 from pgsluice.config import Config
 from pgsluice.db import connect, describe_connect_error
 from pgsluice.errors import DatabaseUnreachableError
 
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
 log = structlog.get_logger("pgsluice.wait")
 
+FIRST_RETRY_SECONDS = 0.1
 
-def _transient(exc: BaseException) -> bool:
-    # AuthenticationError is not an OperationalError: connect() already sorted it out.
-    return isinstance(exc, psycopg.OperationalError)
+
+def _attempt(config: Config, purpose: str) -> psycopg.Connection[Any]:
+    conn = connect(config, purpose)
+    try:
+        conn.execute("SELECT 1")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def wait_for_database(config: Config, purpose: str = "lock") -> tuple[psycopg.Connection[Any], float]:
     """Return an open connection and the seconds it took; retry only what can heal.
 
     Raises AuthenticationError at once for credentials, a missing role or database;
-    DatabaseUnreachableError when the deadline passes.
+    DatabaseUnreachableError when the deadline passes. The first attempt runs without
+    tenacity, so a healthy database costs no import of it.
     """
     started = time.monotonic()
+    try:
+        return _attempt(config, purpose), time.monotonic() - started
+    except psycopg.OperationalError as exc:
+        first = exc  # AuthenticationError is not an OperationalError: connect() sorted it out
 
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+    def scheduled(retry_num: int, wait_seconds: float, cause: BaseException | None) -> None:
         log.warning(
             "wait.retry_scheduled",
-            retry_num=state.attempt_number,
-            wait_seconds=round(state.upcoming_sleep, 3),
+            retry_num=retry_num,
+            wait_seconds=round(wait_seconds, 3),
             elapsed_seconds=round(time.monotonic() - started, 3),
-            cause=describe_connect_error(exc, config) if exc else None,
+            cause=describe_connect_error(cause, config) if cause else None,
         )
 
-    def attempt() -> psycopg.Connection[Any]:
-        conn = connect(config, purpose)
-        try:
-            conn.execute("SELECT 1")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def before_sleep(state: RetryCallState) -> None:
+        scheduled(state.attempt_number + 1, state.upcoming_sleep, state.outcome.exception() if state.outcome else None)
 
+    scheduled(1, FIRST_RETRY_SECONDS, first)
+    time.sleep(FIRST_RETRY_SECONDS)
     retrying = Retrying(
-        stop=stop_after_delay(config.wait_timeout_seconds),
-        wait=wait_exponential_jitter(initial=0.1, max=config.wait_max_interval_seconds, jitter=0.2),
-        retry=retry_if_exception(_transient),
+        stop=stop_after_delay(max(0.0, config.wait_timeout_seconds - (time.monotonic() - started))),
+        wait=wait_exponential_jitter(initial=FIRST_RETRY_SECONDS * 2, max=config.wait_max_interval_seconds, jitter=0.2),
+        retry=retry_if_exception_type(psycopg.OperationalError),
         before_sleep=before_sleep,
         reraise=True,
     )
     try:
-        conn = retrying(attempt)
+        conn = retrying(_attempt, config, purpose)
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachableError(
             f"database unreachable after {time.monotonic() - started:.1f}s: {describe_connect_error(exc, config)}",
