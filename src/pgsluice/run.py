@@ -55,7 +55,11 @@ def _discover(config: Config, report: Report) -> Discovery:
 
 @contextmanager
 def _session(config: Config, report: Report, *, locked: bool) -> Iterator[psycopg.Connection[Any]]:
-    """Wait for the database; with ``locked``, hold the advisory lock and yield a second connection."""
+    """Wait for the database; with ``locked``, hold the advisory lock on that connection for the block.
+
+    Reading the history and recording baselines happen on it; migrations run on a connection
+    of their own (a migration's session reset must not touch the lock).
+    """
     started = time.monotonic()
     first, waited = wait_for_database(config, "lock" if locked else "read")
     report.timed("wait", started)
@@ -68,9 +72,7 @@ def _session(config: Config, report: Report, *, locked: bool) -> Iterator[psycop
         with advisory_lock(first, config.lock_key, config.lock_timeout_seconds, config.lock_poll_max_seconds) as w:
             report.lock_wait_seconds = round(w, 4)
             report.timed("lock", started)
-            with closing(connect(config, "apply")) as work:
-                work.prepare_threshold = None  # the session reset deallocates prepared statements
-                yield work
+            yield first
 
 
 def _plan(
@@ -118,21 +120,23 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
             log.info("run.up_to_date", current_version=plan.current_version)
             return ExitCode.OK
 
-        backup_step(config, report, conn, plan)
+        with closing(connect(config, "apply")) as work:
+            work.prepare_threshold = None  # the session reset deallocates prepared statements
+            backup_step(config, report, work, plan)
 
-        started = time.monotonic()
+            started = time.monotonic()
 
-        def running(migration: Migration | None) -> None:
-            report.failed_migration = migration.filename if migration else None
+            def running(migration: Migration | None) -> None:
+                report.failed_migration = migration.filename if migration else None
 
-        def applied(done: AppliedMigration) -> None:
-            report.applied.append(done.version)
+            def applied(done: AppliedMigration) -> None:
+                report.applied.append(done.version)
 
-        try:
-            apply_plan(conn, plan.pending, config, on_applied=applied, on_running=running)
-            report.failed_migration = None
-        finally:
-            report.timed("apply", started)
+            try:
+                apply_plan(work, plan.pending, config, on_applied=applied, on_running=running)
+                report.failed_migration = None
+            finally:
+                report.timed("apply", started)
 
         # Trust, then verify: the history must now agree with the files.
         after = make_plan(
