@@ -187,7 +187,24 @@ def gate(bench: Bench, work: Path, runs: int) -> list[tuple[str, float, str, flo
             raise RuntimeError(f"8 runners exited {codes}")
         return elapsed
 
-    alone, together = repeat(max(3, runs // 3), lone, eight)
+    def eight_floors() -> float:
+        """What starting 8 Python processes that connect costs on this machine, with no work at all."""
+        started = time.perf_counter()
+        procs = [subprocess.Popen(floor_cmd, env=bench.env(url_p)) for _ in range(8)]
+        if [p.wait() for p in procs] != [0] * 8:
+            raise RuntimeError("floor processes failed")
+        return time.perf_counter() - started
+
+    alone, together, floors = repeat(max(3, runs // 3), lone, eight, eight_floors)
+    rows.append(
+        (
+            f"(c') context: 8 bare floors (d) at once on {os.cpu_count()} cores, vs one floor",
+            median(floors),
+            "floor (d)",
+            median(floor),
+            f"{median(floors) / median(floor):.2f}x: the machine's own cost of 8 interpreters at once",
+        )
+    )
     rows.append(
         (
             "(c) 8 runners at once on 200 migrations (last finish; all exit 0), vs one alone",
