@@ -347,3 +347,23 @@ def test_unset_backup_warns_and_require_backup_refuses(db: Database, mdir: Path)
     plain = run_cli("migrate", url=db.url, migrations=mdir)
     assert plain.returncode == 0
     assert plain.event("backup.skipped")["level"] == "warning"
+
+
+def test_failure_after_a_backup_names_the_backup_in_the_termination_message(
+    db: Database, mdir: Path, tmp_path: Path
+) -> None:
+    """The operator who must roll back learns which object to restore: run.finished and the termination log."""
+    write_migrations(mdir, {**SCHEMA, "002_bad.sql": "ALTER TABLE users ADD COLUMN email text;\n"})
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, meta jsonb)")
+    assert run_cli("baseline", "1", url=db.url, migrations=mdir).returncode == 0
+    term = tmp_path / "term"
+    result = run_cli(
+        "migrate", "--backup-url", f"file://{tmp_path}/bk", "--termination-log", str(term), url=db.url, migrations=mdir
+    )
+    assert result.returncode == 7
+    backup = result.finished["backup"]
+    assert backup["object"].startswith(f"file://{tmp_path}/bk/{db.name}/")
+    message = term.read_text()
+    assert message.startswith("migration 002_bad.sql failed")
+    assert message.rstrip().endswith(f"[backup taken before applying: {backup['object']}]")

@@ -132,21 +132,24 @@ def test_sigkill_of_the_holder_mid_migration_rolls_back_and_frees_the_lock(
     assert rerun.finished["applied"] == [2]
 
 
-def test_sigterm_cancels_rolls_back_and_exits_143(db: Database, mdir: Path, tmp_path: Path) -> None:
-    """SIGTERM (Kubernetes stopping the pod): cancel, roll back, release the lock, exit 143 with a reason."""
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_cancels_rolls_back_and_exits_143_or_130(
+    db: Database, mdir: Path, tmp_path: Path, signum: int, code: int
+) -> None:
+    """SIGTERM (Kubernetes stopping the pod) or SIGINT: cancel, roll back, release the lock, exit 143/130."""
     write_migrations(mdir, {"001_long.sql": LONG, "002_after.sql": "CREATE TABLE after_long (a int);\n"})
     term = tmp_path / "termination-log"
     log = tmp_path / "term.log"
     proc = start(db, mdir, "migrate", "--termination-log", str(term), log=log)
     poll(lambda: sleeping_pid(db), "the long migration to run")
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     result = finished(proc, log, timeout=20)
-    assert result.returncode == 143
+    assert result.returncode == code
     assert time.monotonic() - started < 10
     assert result.finished["outcome"] == "interrupted"
     assert result.finished["failed_migration"] == "001_long.sql"
-    assert term.read_text().startswith("interrupted by SIGTERM")
+    assert term.read_text().startswith(f"interrupted by {signal.Signals(signum).name}")
     assert advisory_locks(db) == 0
     assert sleeping_pid(db) is None
     assert db.scalar("SELECT to_regclass('long_table') IS NULL") is True

@@ -172,7 +172,7 @@ OPTIONS: tuple[Option, ...] = (
         "PGSLUICE_STATEMENT_TIMEOUT",
         0.0,
         parse_duration,
-        "statement_timeout of each migration; 0 is off",
+        "statement_timeout of each statement of a migration; 0 is off",
         "seconds",
         commands=_MIGRATE,
     ),
