@@ -73,3 +73,19 @@ def test_require_backup_without_target_is_a_usage_error() -> None:
     """The chart's safety switch: no backup target, no migration."""
     with pytest.raises(ConfigError, match="--require-backup"):
         load_config({"require_backup": True}, {})
+
+
+def test_backup_upload_shape_bounds_memory_and_part_count() -> None:
+    """Parts grow with the database (8 MiB .. 96 MiB) and concurrency shrinks so memory stays near 128 MiB."""
+    from pgsluice.backup import upload_shape
+
+    mib, gib = 1024**2, 1024**3
+    assert upload_shape(100 * mib, None, None) == (8 * mib, 4)
+    assert upload_shape(100 * gib, None, None) == (13 * mib, 4)
+    assert upload_shape(500 * gib, None, None) == (64 * mib, 2)
+    assert upload_shape(2000 * gib, None, None) == (96 * mib, 1)
+    assert upload_shape(2000 * gib, 16 * mib, 8) == (16 * mib, 8)  # explicit settings win
+    for size in (1 * gib, 100 * gib, 700 * gib):
+        part, concurrency = upload_shape(size, None, None)
+        assert size / part <= 8000
+        assert part * concurrency <= 128 * mib

@@ -32,6 +32,23 @@ from pgsluice.plan import Plan
 log = structlog.get_logger("pgsluice.backup")
 
 READ_CHUNK = 1024 * 1024
+MiB = 1024 * 1024
+MIN_PART, MAX_PART, MAX_PARTS = 8 * MiB, 96 * MiB, 8000  # S3 allows 10,000 parts; keep a margin
+IN_FLIGHT_BUDGET = 128 * MiB
+
+
+def upload_shape(database_bytes: int, part_size: int | None, concurrency: int | None) -> tuple[int, int]:
+    """Part size and concurrency: memory stays near part size x concurrency (at most 128 MiB by
+    default) while the dump may reach 8000 parts - 750 GiB at the largest part. A compressed
+    custom-format dump is smaller than the database, so its size bounds the part count."""
+    if part_size is None:
+        part_size = min(MAX_PART, max(MIN_PART, -(-database_bytes // MAX_PARTS)))
+        part_size = -(-part_size // MiB) * MiB
+    if concurrency is None:
+        concurrency = max(1, min(4, IN_FLIGHT_BUDGET // part_size))
+    return part_size, concurrency
+
+
 MANIFEST_SUFFIX = ".manifest.json"
 DUMP_SUFFIX = ".dump"
 ORPHAN_GRACE = timedelta(hours=1)
@@ -144,6 +161,10 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
     key = target.key(backup_id + DUMP_SUFFIX)
     manifest_key = target.key(backup_id + MANIFEST_SUFFIX)
     method, compress = _compression(config, dump_major)
+    size_row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    part_size, concurrency = upload_shape(
+        int(size_row[0]) if size_row else 0, config.backup_part_size_bytes, config.backup_concurrency
+    )
 
     # What the user configured (the child inherits libpq's PG* variables too); not the
     # connection's full parameter list, which names options an older libpq rejects.
@@ -152,7 +173,14 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
         params["password"] = config.password
     conninfo, env = _libpq_env(params, f"pgsluice {__version__} backup")
     command = [config.pg_dump, "--format=custom", f"--compress={compress}", "--no-password", f"--dbname={conninfo}"]
-    log.info("backup.started", object=target.display(key), pg_dump=dump_version, compression=compress)
+    log.info(
+        "backup.started",
+        object=target.display(key),
+        pg_dump=dump_version,
+        compression=compress,
+        part_size_bytes=part_size,
+        concurrency=concurrency,
+    )
 
     sha = hashlib.sha256()
     size = 0
@@ -182,9 +210,7 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
             raise
 
     try:
-        storage.put_stream(
-            target, key, chunks(), part_size=config.backup_part_size_bytes, concurrency=config.backup_concurrency
-        )
+        storage.put_stream(target, key, chunks(), part_size=part_size, concurrency=concurrency)
     except BaseException as exc:
         if failure:
             raise failure[0] from None

@@ -286,9 +286,9 @@ OPTIONS: tuple[Option, ...] = (
         "backup_part_size_bytes",
         "--backup-part-size",
         "PGSLUICE_BACKUP_PART_SIZE",
-        16 * 1024**2,
+        None,
         parse_size,
-        "multipart upload part size",
+        "multipart part size; unset: the database size / 8000, from 8MiB to 96MiB",
         "bytes",
         commands=("migrate", "backup"),
     ),
@@ -296,9 +296,9 @@ OPTIONS: tuple[Option, ...] = (
         "backup_concurrency",
         "--backup-concurrency",
         "PGSLUICE_BACKUP_CONCURRENCY",
-        4,
+        None,
         parse_int,
-        "multipart parts uploaded at once",
+        "parts uploaded at once; unset: as many as fit 128MiB, from 1 to 4",
         "count",
         commands=("migrate", "backup"),
     ),
@@ -397,8 +397,8 @@ class Config:
     backup_region: str | None = None
     backup_path_style: bool | None = None
     backup_retries: int = 5
-    backup_part_size_bytes: int = 16 * 1024**2
-    backup_concurrency: int = 4
+    backup_part_size_bytes: int | None = None
+    backup_concurrency: int | None = None
     pg_dump: str = "pg_dump"
     pg_restore: str = "pg_restore"
     # Command arguments.
@@ -506,9 +506,9 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     for dest in ("wait_timeout_seconds", "lock_timeout_seconds", "connect_timeout_seconds"):
         if values[dest] <= 0:
             raise ConfigError(f"{OPTIONS_BY_DEST[dest].flag}: must be greater than 0")
-    if values["backup_part_size_bytes"] < 5 * 1024**2:
+    if values["backup_part_size_bytes"] is not None and values["backup_part_size_bytes"] < 5 * 1024**2:
         raise ConfigError("--backup-part-size: must be at least 5MiB (the S3 minimum part size)")
-    if values["backup_concurrency"] < 1:
+    if values["backup_concurrency"] is not None and values["backup_concurrency"] < 1:
         raise ConfigError("--backup-concurrency: must be at least 1")
     backup_url = values["backup_url"]
     if isinstance(backup_url, str) and backup_url.strip().lower() in ("", "none"):
@@ -555,8 +555,8 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         backup_region=values["backup_region"],
         backup_path_style=values["backup_path_style"],
         backup_retries=int(values["backup_retries"]),
-        backup_part_size_bytes=int(values["backup_part_size_bytes"]),
-        backup_concurrency=int(values["backup_concurrency"]),
+        backup_part_size_bytes=values["backup_part_size_bytes"],
+        backup_concurrency=values["backup_concurrency"],
         pg_dump=str(values["pg_dump"]),
         pg_restore=str(values["pg_restore"]),
         json_output=bool(args.get("json_output")),
