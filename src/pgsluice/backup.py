@@ -16,7 +16,7 @@ import subprocess
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
@@ -65,7 +65,6 @@ class BackupResult:
     size: int
     sha256: str
     verified: bool
-    manifest_body: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def as_report(self) -> dict[str, Any]:
         """What ``run.finished`` and the termination message say about it."""
@@ -266,9 +265,7 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
         verified=verified,
         seconds=round((finished_at - started_at).total_seconds(), 3),
     )
-    result = BackupResult(
-        backup_id, target.display(key), target.display(manifest_key), size, digest, verified, manifest
-    )
+    result = BackupResult(backup_id, target.display(key), target.display(manifest_key), size, digest, verified)
     apply_retention(config, target, database, keep_key=key)
     return result
 
@@ -464,8 +461,3 @@ def restore_backup(config: Config, info: BackupInfo, target: storage.Target, tar
             hint="nothing was restored (single transaction)",
         )
     return info.size
-
-
-def manifest_dict(info: BackupInfo) -> dict[str, Any]:
-    """For ``backups --json``."""
-    return asdict(info)

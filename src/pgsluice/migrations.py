@@ -55,11 +55,6 @@ class Migration:
         """The token-stream checksum stored in the history table."""
         return self.analysis.checksum
 
-    @property
-    def label(self) -> str:
-        """How messages name this migration."""
-        return self.filename
-
     def sql_problems(self) -> list[Problem]:
         """What stops this file from being applied: transaction control, missing directive, psql-only syntax."""
         problems: list[Problem] = []
