@@ -8,6 +8,7 @@ whatever the size of the database.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -94,6 +95,15 @@ class _Stderr:
         return " | ".join(line for line in self.lines if line)
 
 
+def _widen_pipe(stream: IO[bytes]) -> None:
+    """Let pg_dump run ahead of us by up to 1 MiB instead of the pipe's default 64 KiB (Linux)."""
+    import fcntl
+
+    set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    with contextlib.suppress(OSError):  # not Linux, or above pipe-max-size: the default pipe works too
+        fcntl.fcntl(stream.fileno(), set_pipe_size, READ_CHUNK)
+
+
 def _major(version_output: str) -> int:
     match = re.search(r"\(PostgreSQL\)\s+(\d+)", version_output)  # "pg_dump (PostgreSQL) 17.2 (Debian …)"
     if not match:
@@ -112,17 +122,25 @@ def tool_major(program: str) -> tuple[int, str]:
     return _major(out), out
 
 
-def check_dump_compatible(config: Config, conn: psycopg.Connection[Any]) -> tuple[int, str, str]:
-    """pg_dump must be at least the server's major version; ConfigError (exit 2) naming both."""
-    dump_major, dump_version = tool_major(config.pg_dump)
-    server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+def check_dump_compatible(config: Config, conn: psycopg.Connection[Any]) -> tuple[int, str, str, int]:
+    """pg_dump must be at least the server's major version; ConfigError (exit 2) naming both.
+
+    Also returns the database size (one round trip, while ``pg_dump --version`` runs)."""
+    if shutil.which(config.pg_dump) is None:
+        tool_major(config.pg_dump)  # raises the not-found error
+    version_proc = subprocess.Popen([config.pg_dump, "--version"], stdout=subprocess.PIPE, text=True)
+    row = conn.execute("SELECT current_setting('server_version'), pg_database_size(current_database())").fetchone()
+    assert row is not None  # noqa: S101 - one row, always
+    server_version, database_bytes = str(row[0]), int(row[1])
+    dump_version = (version_proc.communicate()[0] or "").strip()
+    dump_major = _major(dump_version)
     server_major = conn.info.server_version // 10000
     if dump_major < server_major:
         raise ConfigError(
             f"pg_dump {dump_major} cannot dump PostgreSQL {server_major} ({dump_version}; server {server_version})",
             hint=f"use an image with postgresql-client-{server_major} or newer (build arg PG_MAJOR={server_major})",
         )
-    return dump_major, dump_version, server_version
+    return dump_major, dump_version, server_version, database_bytes
 
 
 def _libpq_env(params: dict[str, Any], application_name: str) -> tuple[str, dict[str, str]]:
@@ -150,7 +168,7 @@ def _stamp(now: datetime) -> str:
 
 def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> BackupResult:
     """Dump the database into the backup target, verify it, write the manifest; BackupError on any failure."""
-    dump_major, dump_version, server_version = check_dump_compatible(config, conn)
+    dump_major, dump_version, server_version, database_bytes = check_dump_compatible(config, conn)
     target = storage.open_target(config)
     database = conn.info.dbname
     started_at = datetime.now(UTC)
@@ -160,10 +178,7 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
     key = target.key(backup_id + DUMP_SUFFIX)
     manifest_key = target.key(backup_id + MANIFEST_SUFFIX)
     method, compress = _compression(config, dump_major)
-    size_row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-    part_size, concurrency = upload_shape(
-        int(size_row[0]) if size_row else 0, config.backup_part_size_bytes, config.backup_concurrency
-    )
+    part_size, concurrency = upload_shape(database_bytes, config.backup_part_size_bytes, config.backup_concurrency)
 
     # What the user configured (the child inherits libpq's PG* variables too); not the
     # connection's full parameter list, which names options an older libpq rejects.
@@ -187,6 +202,7 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 - both are PIPE
     stderr = _Stderr(proc.stderr)
+    _widen_pipe(proc.stdout)
 
     def chunks() -> Iterator[bytes]:
         nonlocal size

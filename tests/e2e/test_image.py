@@ -72,6 +72,12 @@ def test_image_pg_dump_is_at_least_the_server_major(docker_client: Any, pgsluice
     assert inspect["Config"]["Entrypoint"][:3] == ["/usr/bin/tini", "-g", "--"]
     assert inspect["Config"]["User"] == "10001:10001"
     assert inspect["Config"]["Labels"]["org.opencontainers.image.title"] == "pgsluice"
+    tools = docker_client.containers.run(
+        pgsluice_image,
+        ["-c", "for t in gcc cc make strip pip pip3; do command -v $t; done; python -m pip --version 2>&1 | head -1"],
+        entrypoint="sh", remove=True,
+    ).decode()
+    assert tools.strip() == "/opt/venv/bin/python: No module named pip"  # no compiler, no pip
 
 
 def test_broken_migration_exits_7_with_the_reason_in_the_termination_message(
