@@ -27,23 +27,27 @@ RUN set -a && . /tmp/pip.env && set +a \
     && /opt/venv/bin/python -m compileall -q -j 0 /opt/venv/lib
 
 # pg_dump and pg_restore without postgresql-client's Perl wrappers (50 MB of Perl).
-# PG_MAJOR empty: the distribution's client (trixie: 17). PG_MAJOR=18: that major from
-# the PostgreSQL project's apt repository (apt.postgresql.org must be reachable).
+# PG_MAJOR empty: the distribution's client (trixie: 17). PG_MAJOR=N: postgresql-client-N
+# from the distribution when it has that major, else from the PostgreSQL project's apt
+# repository (apt.postgresql.org must then be reachable from the build).
 FROM ${BASE_IMAGE} AS pgclient
 ARG PG_MAJOR=
 RUN set -eux; export DEBIAN_FRONTEND=noninteractive; apt-get update; \
-    if [ -n "${PG_MAJOR}" ]; then \
+    if [ -z "${PG_MAJOR}" ]; then \
+      apt-get install -y --no-install-recommends postgresql-client; \
+    elif apt-cache show "postgresql-client-${PG_MAJOR}" >/dev/null 2>&1; then \
+      apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}"; \
+    else \
       apt-get install -y --no-install-recommends curl ca-certificates gnupg; \
       curl -fsSL https://www.postgresql.org/media/keys/ACCC4CF8.asc | gpg --dearmor -o /usr/share/keyrings/pgdg.gpg; \
       . /etc/os-release; \
       echo "deb [signed-by=/usr/share/keyrings/pgdg.gpg] http://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
         > /etc/apt/sources.list.d/pgdg.list; \
       apt-get update; apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}"; \
-    else \
-      apt-get install -y --no-install-recommends postgresql-client; \
     fi; \
     mkdir -p /out/bin; \
-    for tool in pg_dump pg_restore psql; do cp /usr/lib/postgresql/*/bin/$tool /out/bin/; done; \
+    bindir=$(ls -d /usr/lib/postgresql/${PG_MAJOR:-*}/bin | sort -V | tail -n 1); \
+    for tool in pg_dump pg_restore psql; do cp "$bindir/$tool" /out/bin/; done; \
     cp -P /usr/lib/x86_64-linux-gnu/libpq.so.5* /out/ 2>/dev/null || cp -P /usr/lib/*/libpq.so.5* /out/
 
 FROM ${BASE_IMAGE}
