@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.conftest import Database, assert_no_secret, run_cli, write_migrations
@@ -173,6 +174,10 @@ def test_failed_concurrent_index_leaves_started_names_the_invalid_index_and_reso
             ),
         },
     )
+    with db.connect() as conn:  # an older INVALID index elsewhere must not be blamed on this migration
+        conn.execute("CREATE TABLE other (a int); INSERT INTO other VALUES (1), (1)")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY other_uq ON other (a)")
     result = run_cli("migrate", url=db.url, migrations=mdir)
     assert result.returncode == 7
     reason = result.finished["reason"]

@@ -264,6 +264,8 @@ def _apply_without_transaction(conn: psycopg.Connection[Any], migration: Migrati
         except psycopg.Error as exc:
             error = _failure(migration, exc, statement)
             invalid = [] if conn.closed or conn.broken else _invalid_indexes(conn)
+            # Only those this statement names: an older INVALID index elsewhere is not ours to report.
+            invalid = [name for name in invalid if name.rsplit(".", 1)[-1].strip('"') in statement.text]
             error.message += f"; the migration is half-applied: history row {migration.version} stays 'started'"
             if invalid:
                 error.message += f"; INVALID index left behind: {', '.join(invalid)}"
