@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Database, Server, assert_no_secret, run_cli, write_migrations
+from tests.conftest import Database, Result, Server, assert_no_secret, run_cli, write_migrations
 from tests.support.s3server import SECRET_KEY
 
 pytestmark = pytest.mark.integration
@@ -126,42 +126,28 @@ def test_contract_backup_list_restore_round_trip(
     assert (entry["id"], entry["from_version"], entry["to_version"], entry["size"]) == (stem, 1, 2, backup["bytes"])
 
     target = new_database(db.server)
-    restored = run_cli(
-        "restore",
-        stem,
-        "--target-database",
-        db.server.url(target),
-        "--backup-url",
-        backend.url,
-        url=db.url,
-        **backend.env,
-    )
+
+    def restore(backup_id: str, *extra: str) -> Result:
+        return run_cli(
+            "restore",
+            backup_id,
+            *extra,
+            "--target-database",
+            db.server.url(target),
+            "--backup-url",
+            backend.url,
+            url=db.url,
+            **backend.env,
+        )
+
+    restored = restore(stem)
     assert restored.returncode == 0, restored.stderr
     assert fingerprint(db.server.url(target)) == before
 
-    refused = run_cli(
-        "restore",
-        stem,
-        "--target-database",
-        db.server.url(target),
-        "--backup-url",
-        backend.url,
-        url=db.url,
-        **backend.env,
-    )
+    refused = restore(stem)
     assert refused.returncode == 2
     assert "is not empty" in refused.finished["reason"]
-    again = run_cli(
-        "restore",
-        stem.rsplit("/", 1)[-1],
-        "--clean",
-        "--target-database",
-        db.server.url(target),
-        "--backup-url",
-        backend.url,
-        url=db.url,
-        **backend.env,
-    )
+    again = restore(stem.rsplit("/", 1)[-1], "--clean")
     assert again.returncode == 0, again.stderr
     assert fingerprint(db.server.url(target)) == before
 

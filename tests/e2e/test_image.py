@@ -75,7 +75,8 @@ def test_image_pg_dump_is_at_least_the_server_major(docker_client: Any, pgsluice
     tools = docker_client.containers.run(
         pgsluice_image,
         ["-c", "for t in gcc cc make strip pip pip3; do command -v $t; done; python -m pip --version 2>&1 | head -1"],
-        entrypoint="sh", remove=True,
+        entrypoint="sh",
+        remove=True,
     ).decode()
     assert tools.strip() == "/opt/venv/bin/python: No module named pip"  # no compiler, no pip
 
