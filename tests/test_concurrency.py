@@ -209,3 +209,44 @@ def test_waits_for_a_database_that_starts_late(mdir: Path, tmp_path: Path) -> No
     assert all(e["wait_seconds"] <= 2.0 for e in retries)
     assert "Connection refused" in retries[0]["cause"]
     assert result.finished["applied"] == [1]
+
+
+def test_deadlock_victim_migration_is_retried_and_succeeds(db: Database, mdir: Path, tmp_path: Path) -> None:
+    """A real deadlock with another session (40P01): the migration is rolled back, retried, and applied."""
+    write_migrations(mdir, {"001_tables.sql": "CREATE TABLE a (x int);\nCREATE TABLE b (x int);\n"})
+    assert run_cli("migrate", url=db.url, migrations=mdir).returncode == 0
+    write_migrations(
+        mdir,
+        {
+            "002_both.sql": (
+                "SET LOCAL deadlock_timeout = '100ms';\n"  # this side detects the cycle first: it is the victim
+                "LOCK TABLE a IN ACCESS EXCLUSIVE MODE;\nLOCK TABLE b IN ACCESS EXCLUSIVE MODE;\n"
+                "ALTER TABLE b ADD COLUMN y int;\n"
+            )
+        },
+    )
+    other = db.connect()
+    other.execute("BEGIN")
+    other.execute("SET LOCAL deadlock_timeout = '10s'")
+    other.execute("LOCK TABLE b IN ACCESS EXCLUSIVE MODE")
+    log = tmp_path / "deadlock.log"
+    proc = start(db, mdir, "migrate", "--ddl-retry-delay", "50ms", log=log)
+    poll(
+        lambda: db.scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE c.relname = 'b' AND NOT l.granted"
+        ),
+        "the migration to wait for table b",
+    )
+    other.execute("LOCK TABLE a IN ACCESS EXCLUSIVE MODE")  # closes the cycle; returns once the migration gave way
+    other.execute("ROLLBACK")
+    other.close()
+    result = finished(proc, log)
+    assert result.returncode == 0, result.stderr
+    retry = result.event("migration.retry_scheduled")
+    assert (retry["version"], retry["retry_num"]) == (2, 1)
+    assert "40P01" in retry["cause"]
+    assert (
+        db.scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = 'b' AND column_name = 'y'") == 1
+    )
+    assert db.history()[-1] == (2, "both", "applied")
