@@ -215,6 +215,7 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
                 size += len(chunk)
                 yield chunk
             code = proc.wait()
+            log.debug("backup.dump_finished", bytes=size, exit_code=code)
             if code != 0:
                 raise BackupError(
                     f"pg_dump exited with code {code} after {size} bytes: {config.redactor(stderr.text())}",
