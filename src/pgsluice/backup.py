@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
@@ -122,13 +122,22 @@ def tool_major(program: str) -> tuple[int, str]:
     return _major(out), out
 
 
-def check_dump_compatible(config: Config, conn: psycopg.Connection[Any]) -> tuple[int, str, str, int]:
+def check_dump_compatible(
+    config: Config, conn: psycopg.Connection[Any], while_waiting: Callable[[], Any] = lambda: None
+) -> tuple[int, str, str, int]:
     """pg_dump must be at least the server's major version; ConfigError (exit 2) naming both.
 
-    Also returns the database size (one round trip, while ``pg_dump --version`` runs)."""
+    Also returns the database size. ``pg_dump --version`` runs while the server answers and
+    ``while_waiting`` (opening the store) does its work."""
     if shutil.which(config.pg_dump) is None:
         tool_major(config.pg_dump)  # raises the not-found error
     version_proc = subprocess.Popen([config.pg_dump, "--version"], stdout=subprocess.PIPE, text=True)
+    try:
+        while_waiting()
+    except BaseException:
+        version_proc.kill()
+        version_proc.wait()
+        raise
     row = conn.execute("SELECT current_setting('server_version'), pg_database_size(current_database())").fetchone()
     assert row is not None  # noqa: S101 - one row, always
     server_version, database_bytes = str(row[0]), int(row[1])
@@ -168,8 +177,11 @@ def _stamp(now: datetime) -> str:
 
 def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> BackupResult:
     """Dump the database into the backup target, verify it, write the manifest; BackupError on any failure."""
-    dump_major, dump_version, server_version, database_bytes = check_dump_compatible(config, conn)
-    target = storage.open_target(config)
+    targets: list[storage.Target] = []
+    dump_major, dump_version, server_version, database_bytes = check_dump_compatible(
+        config, conn, lambda: targets.append(storage.open_target(config))
+    )
+    target = targets[0]
     database = conn.info.dbname
     started_at = datetime.now(UTC)
     from_version = plan.current_version or 0
