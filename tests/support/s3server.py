@@ -9,14 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.pgserver import free_port
+
 ACCESS_KEY = "AKIAPGSLUICETEST0001"
 SECRET_KEY = "pgsluice-test-secret-Zq9xW2"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class S3Server:
