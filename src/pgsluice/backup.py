@@ -111,15 +111,13 @@ def _major(version_output: str) -> int:
     return int(match.group(1))
 
 
-def tool_major(program: str) -> tuple[int, str]:
-    """The major version of pg_dump / pg_restore, and its version line."""
+def require_tool(program: str) -> None:
+    """ConfigError (exit 2) when ``program`` (pg_dump, pg_restore) is not installed."""
     if shutil.which(program) is None:
         raise ConfigError(
             f"{program} not found",
             hint="install postgresql-client (the pgsluice image has it) or set --pg-dump / --pg-restore",
         )
-    out = subprocess.run([program, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    return _major(out), out
 
 
 def check_dump_compatible(
@@ -129,8 +127,7 @@ def check_dump_compatible(
 
     Also returns the database size. ``pg_dump --version`` runs while the server answers and
     ``while_waiting`` (opening the store) does its work."""
-    if shutil.which(config.pg_dump) is None:
-        tool_major(config.pg_dump)  # raises the not-found error
+    require_tool(config.pg_dump)
     version_proc = subprocess.Popen([config.pg_dump, "--version"], stdout=subprocess.PIPE, text=True)
     try:
         while_waiting()
@@ -455,7 +452,7 @@ def restore_backup(config: Config, info: BackupInfo, target: storage.Target, tar
                 f"restore: the target database {conn.info.dbname!r} is not empty ({objects[0]} relations)",
                 hint="restore into a new database, or pass --clean to drop and recreate what the dump contains",
             )
-    tool_major(config.pg_restore)
+    require_tool(config.pg_restore)
     conninfo, env = _libpq_env(dict(conninfo_to_dict(target_url)), f"pgsluice {__version__} restore")
     command = [config.pg_restore, "--single-transaction", "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
     if clean:

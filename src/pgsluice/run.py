@@ -262,12 +262,7 @@ def run_backup(config: Config, report: Report) -> ExitCode:
         raise ConfigError("backup: no backup target configured", hint="set --backup-url / PGSLUICE_BACKUP_URL")
     found = _discover(config, report)
     with _session(config, report, locked=True) as conn:
-        plan = _plan(config, report, conn, found, check_sql=False)
-        from pgsluice.backup import take_backup
-
-        started = time.monotonic()
-        report.backup = take_backup(config, conn, plan).as_report()
-        report.timed("backup", started)
+        backup_step(config, report, conn, _plan(config, report, conn, found, check_sql=False))
     return ExitCode.OK
 
 
