@@ -1,5 +1,5 @@
 """Container entrypoint: a thin shim into the CLI."""
 
-from pgsluice.cli import main
+from pgsluice.cli import run
 
-raise SystemExit(main())
+run()

@@ -1,5 +1,5 @@
 """python -m pgsluice."""
 
-from pgsluice.cli import main
+from pgsluice.cli import run
 
-raise SystemExit(main())
+run()
