@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Database, Result, Server, assert_no_secret, run_cli, write_migrations
+from tests.support.pgserver import free_port
 from tests.support.s3server import SECRET_KEY
 
 pytestmark = pytest.mark.integration
@@ -322,6 +323,27 @@ def test_old_pg_dump_is_refused_with_both_versions(db: Database, mdir: Path, tmp
     assert result.finished["reason"].startswith("pg_dump 9 cannot dump PostgreSQL ")
     assert "postgresql-client-" in result.finished["reason"]
     assert db.scalar("SELECT to_regclass('users') IS NULL") is True
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "reason"),
+    [
+        ("--backup-url", "file://relative/path", "--backup-url: 'file://relative/path' must be an absolute"),
+        ("--backup-url", "s3:///no-bucket", "--backup-url: 's3:///no-bucket' names no bucket"),
+        ("--pg-dump", "/nonexistent/pg_dump", "/nonexistent/pg_dump not found"),
+    ],
+)
+def test_unusable_backup_setup_fails_before_waiting_for_the_database(
+    mdir: Path, tmp_path: Path, option: str, value: str, reason: str
+) -> None:
+    """A backup that cannot work is a configuration error (exit 2) found before the wait, not after it."""
+    write_migrations(mdir, SCHEMA)
+    nobody = f"postgresql://u:pw@127.0.0.1:{free_port()}/app"  # nothing listens: the wait would take 60 s
+    args = ["--backup-url", f"file://{tmp_path}/bk"] if option == "--pg-dump" else []
+    result = run_cli("migrate", *args, option, value, "--wait-timeout", "60", url=nobody, migrations=mdir, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.finished["reason"].startswith(reason), result.finished["reason"]
+    assert not {"wait.retry_scheduled", "db.connected"} & set(result.names())  # it never tried the database
 
 
 def test_unset_backup_warns_and_require_backup_refuses(db: Database, mdir: Path) -> None:

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
@@ -120,33 +120,58 @@ def require_tool(program: str) -> None:
         )
 
 
-def check_dump_compatible(
-    config: Config, conn: psycopg.Connection[Any], while_waiting: Callable[[], Any] = lambda: None
-) -> tuple[int, str, str, int]:
+class Preflight:
+    """What a backup needs that does not need the lock, done before waiting for the database.
+
+    The target is opened (an unusable URL fails at once, exit 2, instead of after the wait and
+    the lock) and ``pg_dump --version`` runs meanwhile, so pg_dump starts the moment the plan
+    says something is pending. A context manager: the version process is always reaped.
+    """
+
+    def __init__(self, config: Config) -> None:
+        require_tool(config.pg_dump)
+        self.target = storage.open_target(config)
+        try:
+            self._version_proc = subprocess.Popen(
+                [config.pg_dump, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot run {config.pg_dump}: {exc.strerror}", hint="check --pg-dump") from None
+        self._version: str | None = None
+
+    def dump_version(self) -> str:
+        """``pg_dump (PostgreSQL) 17.2 (Debian …)``."""
+        if self._version is None:
+            self._version = (self._version_proc.communicate()[0] or "").strip()
+        return self._version
+
+    def __enter__(self) -> Preflight:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._version is None:  # never asked: nothing was pending, or the run failed first
+            self._version_proc.kill()
+            self._version_proc.communicate()
+
+
+def check_dump_compatible(dump_version: str, conn: psycopg.Connection[Any]) -> tuple[int, str]:
     """pg_dump must be at least the server's major version; ConfigError (exit 2) naming both.
 
-    Also returns the database size. ``pg_dump --version`` runs while the server answers and
-    ``while_waiting`` (opening the store) does its work."""
-    require_tool(config.pg_dump)
-    version_proc = subprocess.Popen([config.pg_dump, "--version"], stdout=subprocess.PIPE, text=True)
-    try:
-        while_waiting()
-    except BaseException:
-        version_proc.kill()
-        version_proc.wait()
-        raise
-    row = conn.execute("SELECT current_setting('server_version'), pg_database_size(current_database())").fetchone()
-    assert row is not None  # noqa: S101 - one row, always
-    server_version, database_bytes = str(row[0]), int(row[1])
-    dump_version = (version_proc.communicate()[0] or "").strip()
+    Returns pg_dump's major version and the server's version string."""
     dump_major = _major(dump_version)
     server_major = conn.info.server_version // 10000
+    server_version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
     if dump_major < server_major:
         raise ConfigError(
             f"pg_dump {dump_major} cannot dump PostgreSQL {server_major} ({dump_version}; server {server_version})",
             hint=f"use an image with postgresql-client-{server_major} or newer (build arg PG_MAJOR={server_major})",
         )
-    return dump_major, dump_version, server_version, database_bytes
+    return dump_major, server_version
+
+
+def _database_bytes(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _libpq_env(params: dict[str, Any], application_name: str) -> tuple[str, dict[str, str]]:
@@ -172,13 +197,11 @@ def _stamp(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
 
 
-def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> BackupResult:
+def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, preflight: Preflight) -> BackupResult:
     """Dump the database into the backup target, verify it, write the manifest; BackupError on any failure."""
-    targets: list[storage.Target] = []
-    dump_major, dump_version, server_version, database_bytes = check_dump_compatible(
-        config, conn, lambda: targets.append(storage.open_target(config))
-    )
-    target = targets[0]
+    dump_version = preflight.dump_version()
+    dump_major, server_version = check_dump_compatible(dump_version, conn)
+    target = preflight.target
     database = conn.info.dbname
     started_at = datetime.now(UTC)
     from_version = plan.current_version or 0
@@ -187,7 +210,6 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
     key = target.key(backup_id + DUMP_SUFFIX)
     manifest_key = target.key(backup_id + MANIFEST_SUFFIX)
     method, compress = _compression(config, dump_major)
-    part_size, concurrency = upload_shape(database_bytes, config.backup_part_size_bytes, config.backup_concurrency)
 
     # What the user configured (the child inherits libpq's PG* variables too); not the
     # connection's full parameter list, which names options an older libpq rejects.
@@ -196,14 +218,6 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
         params["password"] = config.password
     conninfo, env = _libpq_env(params, f"pgsluice {__version__} backup")
     command = [config.pg_dump, "--format=custom", f"--compress={compress}", "--no-password", f"--dbname={conninfo}"]
-    log.info(
-        "backup.started",
-        object=target.display(key),
-        pg_dump=dump_version,
-        compression=compress,
-        part_size_bytes=part_size,
-        concurrency=concurrency,
-    )
 
     sha = hashlib.sha256()
     size = 0
@@ -235,10 +249,24 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan) -> Ba
             raise
 
     try:
+        # While pg_dump connects and reads the catalog: the size that shapes the upload.
+        part_size, concurrency = upload_shape(
+            _database_bytes(conn), config.backup_part_size_bytes, config.backup_concurrency
+        )
+        log.info(
+            "backup.started",
+            object=target.display(key),
+            pg_dump=dump_version,
+            compression=compress,
+            part_size_bytes=part_size,
+            concurrency=concurrency,
+        )
         storage.put_stream(target, key, chunks(), part_size=part_size, concurrency=concurrency)
     except BaseException as exc:
         if failure:
             raise failure[0] from None
+        if isinstance(exc, psycopg.Error) or not isinstance(exc, Exception):
+            raise  # the database connection (exit 3), a signal: not the store's doing
         raise BackupError(
             f"upload of {target.display(key)} failed: {config.redactor(' '.join(str(exc).split()))[:600]}",
             hint="no migration was applied; check the backup target, its credentials and network, then run again",

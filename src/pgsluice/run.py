@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
@@ -23,6 +23,9 @@ from pgsluice.plan import STARTED, Plan, make_plan
 from pgsluice.report import Report
 from pgsluice.source import read_folder
 from pgsluice.wait import wait_for_database
+
+if TYPE_CHECKING:
+    from pgsluice.backup import Preflight
 
 log = structlog.get_logger("pgsluice.run")
 
@@ -105,7 +108,7 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
     from pgsluice.apply import AppliedMigration, apply_plan
 
     found = _discover(config, report)
-    with _session(config, report, locked=True) as conn:
+    with _backup_preflight(config) as preflight, _session(config, report, locked=True) as conn:
         plan = _plan(config, report, conn, found, check_sql=True, create=True)
         log.info(
             "plan.ready",
@@ -122,7 +125,7 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
 
         with closing(connect(config, "apply")) as work:
             work.prepare_threshold = None  # the session reset deallocates prepared statements
-            backup_step(config, report, work, plan)
+            backup_step(config, report, work, plan, preflight)
 
             started = time.monotonic()
 
@@ -157,15 +160,29 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
         return ExitCode.OK
 
 
-def backup_step(config: Config, report: Report, conn: psycopg.Connection[Any], plan: Plan) -> None:
-    """The backup taken under the lock, after the plan, before the first migration."""
+@contextmanager
+def _backup_preflight(config: Config) -> Iterator[Preflight | None]:
+    """The backup's lock-free preparation (backup.Preflight), or None when no target is set."""
     if config.backup_url in (None, "none"):
+        yield None
+        return
+    from pgsluice.backup import Preflight
+
+    with Preflight(config) as preflight:
+        yield preflight
+
+
+def backup_step(
+    config: Config, report: Report, conn: psycopg.Connection[Any], plan: Plan, preflight: Preflight | None
+) -> None:
+    """The backup taken under the lock, after the plan, before the first migration."""
+    if preflight is None:
         log.warning("backup.skipped", reason="no backup target configured (--backup-url)")
         return
     from pgsluice.backup import take_backup
 
     started = time.monotonic()
-    report.backup = take_backup(config, conn, plan).as_report()
+    report.backup = take_backup(config, conn, plan, preflight).as_report()
     report.timed("backup", started)
 
 
@@ -261,8 +278,8 @@ def run_backup(config: Config, report: Report) -> ExitCode:
     if config.backup_url in (None, "none"):
         raise ConfigError("backup: no backup target configured", hint="set --backup-url / PGSLUICE_BACKUP_URL")
     found = _discover(config, report)
-    with _session(config, report, locked=True) as conn:
-        backup_step(config, report, conn, _plan(config, report, conn, found, check_sql=False))
+    with _backup_preflight(config) as preflight, _session(config, report, locked=True) as conn:
+        backup_step(config, report, conn, _plan(config, report, conn, found, check_sql=False), preflight)
     return ExitCode.OK
 
 

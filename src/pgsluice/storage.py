@@ -61,7 +61,8 @@ def open_target(config: Config, url: str | None = None) -> Target:
     }
     client: dict[str, Any] = {"connect_timeout": timedelta(seconds=10), "timeout": timedelta(minutes=10)}
     if parsed.scheme == "file":
-        if not parsed.path.startswith("/"):
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            # file://backups/x names a host "backups", not the folder ./backups/x
             raise ConfigError(f"--backup-url: {url!r} must be an absolute file:///path")
         try:
             store = LocalStore(parsed.path, mkdir=True)
