@@ -1,6 +1,6 @@
 # Sourced by scripts/demo and scripts/test: make sure this machine has what they need.
 #  - PostgreSQL server and client binaries (Debian's postgresql package; installed when root and apt exist)
-#  - a virtualenv in .venv with pgsluice and its test dependencies (re-installed when pyproject.toml changes)
+#  - a virtualenv in .venv (the distribution's Python) with pgsluice and its test dependencies (re-installed when pyproject.toml changes)
 # shellcheck shell=bash
 
 _have_pg_server() {
@@ -22,7 +22,18 @@ if ! _have_pg_server || ! command -v pg_dump >/dev/null; then
     fi
 fi
 
-if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
+# The distribution's interpreter when there is one (>= 3.11): the image and CI run Debian's
+# build. A default pyenv build (no profile-guided optimisation) ran Python code ~25% slower
+# here (timeit) and started pgsluice ~20 ms later, which every benchmark would count.
+# PGSLUICE_PYTHON chooses another.
+PYTHON="${PGSLUICE_PYTHON:-}"
+if [ -z "$PYTHON" ]; then
+    PYTHON=python3
+    if /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        PYTHON=/usr/bin/python3
+    fi
+fi
+if ! "$PYTHON" -c "import venv, ensurepip" 2>/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
     fi
@@ -30,7 +41,7 @@ fi
 
 VENV="${PGSLUICE_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
+    "$PYTHON" -m venv "$VENV"
 fi
 _stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$_stamp" ]; then
