@@ -75,6 +75,28 @@ def test_require_backup_without_target_is_a_usage_error() -> None:
         load_config({"require_backup": True}, {})
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://host/x", "is not a supported backup target"),
+        ("s3:///prefix", "names no bucket or container"),
+        ("gs://", "names no bucket or container"),
+        ("file://backups/x", "must be an absolute file:///path"),  # a host named 'backups'
+        ("file://./backups", "must be an absolute file:///path"),
+        ("file:///var/backups", None),
+        ("s3://bucket", None),
+    ],
+)
+def test_backup_url_shape_is_checked_with_the_configuration(url: str, problem: str | None) -> None:
+    """Before anything connects: a URL that cannot name a place to put backups is exit 2."""
+    if problem is None:
+        assert load_config({"backup_url": url}, {}).backup_url == url
+        return
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_config({"backup_url": url}, {})
+    assert info.value.exit_code == ExitCode.USAGE
+
+
 def test_backup_upload_shape_bounds_memory_and_part_count() -> None:
     """Parts grow with the database (8 MiB .. 96 MiB) and concurrency shrinks so memory stays near 128 MiB."""
     from pgsluice.backup import upload_shape

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import threading
 from collections import deque
@@ -27,7 +26,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgsluice import __version__, storage
 from pgsluice.config import Config
-from pgsluice.errors import BackupError, ConfigError
+from pgsluice.errors import BackupError, ConfigError, PgsluiceError
+from pgsluice.pgtools import DumpTool, require_tool
 from pgsluice.plan import Plan
 
 log = structlog.get_logger("pgsluice.backup")
@@ -104,71 +104,6 @@ def _widen_pipe(stream: IO[bytes]) -> None:
         fcntl.fcntl(stream.fileno(), set_pipe_size, READ_CHUNK)
 
 
-def _major(version_output: str) -> int:
-    match = re.search(r"\(PostgreSQL\)\s+(\d+)", version_output)  # "pg_dump (PostgreSQL) 17.2 (Debian …)"
-    if not match:
-        raise ConfigError(f"cannot read a version from {version_output.strip()!r}")
-    return int(match.group(1))
-
-
-def require_tool(program: str) -> None:
-    """ConfigError (exit 2) when ``program`` (pg_dump, pg_restore) is not installed."""
-    if shutil.which(program) is None:
-        raise ConfigError(
-            f"{program} not found",
-            hint="install postgresql-client (the pgsluice image has it) or set --pg-dump / --pg-restore",
-        )
-
-
-class Preflight:
-    """What a backup needs that does not need the lock, done before waiting for the database.
-
-    The target is opened (an unusable URL fails at once, exit 2, instead of after the wait and
-    the lock) and ``pg_dump --version`` runs meanwhile, so pg_dump starts the moment the plan
-    says something is pending. A context manager: the version process is always reaped.
-    """
-
-    def __init__(self, config: Config) -> None:
-        require_tool(config.pg_dump)
-        self.target = storage.open_target(config)
-        try:
-            self._version_proc = subprocess.Popen(
-                [config.pg_dump, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-            )
-        except OSError as exc:
-            raise ConfigError(f"cannot run {config.pg_dump}: {exc.strerror}", hint="check --pg-dump") from None
-        self._version: str | None = None
-
-    def dump_version(self) -> str:
-        """``pg_dump (PostgreSQL) 17.2 (Debian …)``."""
-        if self._version is None:
-            self._version = (self._version_proc.communicate()[0] or "").strip()
-        return self._version
-
-    def __enter__(self) -> Preflight:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._version is None:  # never asked: nothing was pending, or the run failed first
-            self._version_proc.kill()
-            self._version_proc.communicate()
-
-
-def check_dump_compatible(dump_version: str, conn: psycopg.Connection[Any]) -> tuple[int, str]:
-    """pg_dump must be at least the server's major version; ConfigError (exit 2) naming both.
-
-    Returns pg_dump's major version and the server's version string."""
-    dump_major = _major(dump_version)
-    server_major = conn.info.server_version // 10000
-    server_version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
-    if dump_major < server_major:
-        raise ConfigError(
-            f"pg_dump {dump_major} cannot dump PostgreSQL {server_major} ({dump_version}; server {server_version})",
-            hint=f"use an image with postgresql-client-{server_major} or newer (build arg PG_MAJOR={server_major})",
-        )
-    return dump_major, server_version
-
-
 def _database_bytes(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     return int(row[0]) if row else 0
@@ -197,18 +132,15 @@ def _stamp(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
 
 
-def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, preflight: Preflight) -> BackupResult:
+def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_dump: DumpTool) -> BackupResult:
     """Dump the database into the backup target, verify it, write the manifest; BackupError on any failure."""
-    dump_version = preflight.dump_version()
-    dump_major, server_version = check_dump_compatible(dump_version, conn)
-    target = preflight.target
+    dump_major, server_version = pg_dump.check_compatible(conn)
+    dump_version = pg_dump.version()
     database = conn.info.dbname
     started_at = datetime.now(UTC)
     from_version = plan.current_version or 0
     to_version = plan.target_version or from_version
     backup_id = f"{database}/{_stamp(started_at)}_{from_version}-to-{to_version}"
-    key = target.key(backup_id + DUMP_SUFFIX)
-    manifest_key = target.key(backup_id + MANIFEST_SUFFIX)
     method, compress = _compression(config, dump_major)
 
     # What the user configured (the child inherits libpq's PG* variables too); not the
@@ -248,8 +180,13 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, prefl
             failure.append(exc)
             raise
 
+    where = str(config.backup_url)
     try:
-        # While pg_dump connects and reads the catalog: the size that shapes the upload.
+        # While pg_dump connects and reads the catalog: the store, and the size that shapes the upload.
+        target = storage.open_target(config)
+        key = target.key(backup_id + DUMP_SUFFIX)
+        manifest_key = target.key(backup_id + MANIFEST_SUFFIX)
+        where = target.display(key)
         part_size, concurrency = upload_shape(
             _database_bytes(conn), config.backup_part_size_bytes, config.backup_concurrency
         )
@@ -265,10 +202,10 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, prefl
     except BaseException as exc:
         if failure:
             raise failure[0] from None
-        if isinstance(exc, psycopg.Error) or not isinstance(exc, Exception):
-            raise  # the database connection (exit 3), a signal: not the store's doing
+        if isinstance(exc, psycopg.Error | PgsluiceError) or not isinstance(exc, Exception):
+            raise  # the database connection (exit 3), the configuration (2), a signal: not the upload's doing
         raise BackupError(
-            f"upload of {target.display(key)} failed: {config.redactor(' '.join(str(exc).split()))[:600]}",
+            f"upload of {where} failed: {config.redactor(' '.join(str(exc).split()))[:600]}",
             hint="no migration was applied; check the backup target, its credentials and network, then run again",
         ) from None
     finally:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pgsluice.errors import ConfigError
 from pgsluice.redact import Redactor
@@ -454,6 +455,21 @@ def _lookup(opt: Option, args: Mapping[str, Any], env: Mapping[str, str]) -> tup
     return opt.default, "default"
 
 
+def _check_backup_url(url: str) -> None:
+    """The shape of --backup-url, checked before anything runs (the store itself is opened later)."""
+    hint = "use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path or none"
+    shown = Redactor()(url)
+    if not url.startswith(BACKUP_SCHEMES):
+        raise ConfigError(f"--backup-url: {shown!r} is not a supported backup target", hint=hint)
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            # file://backups/x names a host "backups", not the folder ./backups/x
+            raise ConfigError(f"--backup-url: {shown!r} must be an absolute file:///path", hint=hint)
+    elif not parsed.netloc:
+        raise ConfigError(f"--backup-url: {shown!r} names no bucket or container", hint=hint)
+
+
 def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
     """Merge parsed flags with the environment; raises ConfigError naming the bad setting."""
     env = os.environ if env is None else env
@@ -513,11 +529,8 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     backup_url = values["backup_url"]
     if isinstance(backup_url, str) and backup_url.strip().lower() in ("", "none"):
         backup_url = "none"
-    elif isinstance(backup_url, str) and not backup_url.startswith(BACKUP_SCHEMES):
-        raise ConfigError(
-            f"--backup-url: {Redactor()(backup_url)!r} is not a supported backup target",
-            hint="use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path or none",
-        )
+    elif isinstance(backup_url, str):
+        _check_backup_url(backup_url)
 
     command = str(args.get("command") or "migrate")
     if command == "migrate" and values["require_backup"] and backup_url in (None, "none"):

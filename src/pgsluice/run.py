@@ -25,7 +25,7 @@ from pgsluice.source import read_folder
 from pgsluice.wait import wait_for_database
 
 if TYPE_CHECKING:
-    from pgsluice.backup import Preflight
+    from pgsluice.pgtools import DumpTool
 
 log = structlog.get_logger("pgsluice.run")
 
@@ -108,7 +108,7 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
     from pgsluice.apply import AppliedMigration, apply_plan
 
     found = _discover(config, report)
-    with _backup_preflight(config) as preflight, _session(config, report, locked=True) as conn:
+    with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as conn:
         plan = _plan(config, report, conn, found, check_sql=True, create=True)
         log.info(
             "plan.ready",
@@ -125,7 +125,7 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
 
         with closing(connect(config, "apply")) as work:
             work.prepare_threshold = None  # the session reset deallocates prepared statements
-            backup_step(config, report, work, plan, preflight)
+            backup_step(config, report, work, plan, pg_dump)
 
             started = time.monotonic()
 
@@ -161,28 +161,28 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
 
 
 @contextmanager
-def _backup_preflight(config: Config) -> Iterator[Preflight | None]:
-    """The backup's lock-free preparation (backup.Preflight), or None when no target is set."""
+def _pg_dump_ahead(config: Config) -> Iterator[DumpTool | None]:
+    """pg_dump found and asked its version before the wait (pgtools.DumpTool); None without a backup target."""
     if config.backup_url in (None, "none"):
         yield None
         return
-    from pgsluice.backup import Preflight
+    from pgsluice.pgtools import DumpTool
 
-    with Preflight(config) as preflight:
-        yield preflight
+    with DumpTool(config.pg_dump) as pg_dump:
+        yield pg_dump
 
 
 def backup_step(
-    config: Config, report: Report, conn: psycopg.Connection[Any], plan: Plan, preflight: Preflight | None
+    config: Config, report: Report, conn: psycopg.Connection[Any], plan: Plan, pg_dump: DumpTool | None
 ) -> None:
     """The backup taken under the lock, after the plan, before the first migration."""
-    if preflight is None:
+    if pg_dump is None:
         log.warning("backup.skipped", reason="no backup target configured (--backup-url)")
         return
     from pgsluice.backup import take_backup
 
     started = time.monotonic()
-    report.backup = take_backup(config, conn, plan, preflight).as_report()
+    report.backup = take_backup(config, conn, plan, pg_dump).as_report()
     report.timed("backup", started)
 
 
@@ -278,8 +278,8 @@ def run_backup(config: Config, report: Report) -> ExitCode:
     if config.backup_url in (None, "none"):
         raise ConfigError("backup: no backup target configured", hint="set --backup-url / PGSLUICE_BACKUP_URL")
     found = _discover(config, report)
-    with _backup_preflight(config) as preflight, _session(config, report, locked=True) as conn:
-        backup_step(config, report, conn, _plan(config, report, conn, found, check_sql=False), preflight)
+    with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as conn:
+        backup_step(config, report, conn, _plan(config, report, conn, found, check_sql=False), pg_dump)
     return ExitCode.OK
 
 

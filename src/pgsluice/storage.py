@@ -60,17 +60,12 @@ def open_target(config: Config, url: str | None = None) -> Target:
         "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=15), "base": 2},
     }
     client: dict[str, Any] = {"connect_timeout": timedelta(seconds=10), "timeout": timedelta(minutes=10)}
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
-            # file://backups/x names a host "backups", not the folder ./backups/x
-            raise ConfigError(f"--backup-url: {url!r} must be an absolute file:///path")
+    if parsed.scheme == "file":  # its shape was checked with the configuration (config.py)
         try:
             store = LocalStore(parsed.path, mkdir=True)
         except Exception as exc:
             raise ConfigError(f"--backup-url: cannot use {parsed.path}: {exc}") from exc
         return Target(store, "", url)
-    if not parsed.netloc:
-        raise ConfigError(f"--backup-url: {url!r} names no bucket or container")
     prefix = parsed.path.strip("/")
     bucket_url = f"{parsed.scheme}://{parsed.netloc}"
     kwargs: dict[str, Any] = {}
