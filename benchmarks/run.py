@@ -250,7 +250,7 @@ def backup_bench(bench: Bench, runs: int) -> list[tuple[str, float, str, float, 
             version = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True, check=True).stdout
             compress = "zstd:3" if int(version.split(")")[1].split(".")[0]) >= 16 else "6"
 
-            def ours(env: dict[str, str] = env, bucket: str = bucket) -> tuple[float, int, float]:
+            def ours(env: dict[str, str] = env, bucket: str = bucket, verify: bool = False) -> tuple[float, int, float]:
                 started = time.perf_counter()
                 proc = subprocess.Popen(
                     [
@@ -260,7 +260,7 @@ def backup_bench(bench: Bench, runs: int) -> list[tuple[str, float, str, float, 
                         f"s3://{bucket}/b",
                         "--migrations-dir",
                         str(migrations),
-                        "--no-backup-verify",
+                        "--backup-verify" if verify else "--no-backup-verify",
                     ],
                     env=env,
                     stdout=subprocess.DEVNULL,
@@ -290,6 +290,7 @@ def backup_bench(bench: Bench, runs: int) -> list[tuple[str, float, str, float, 
             samples_ours: list[float] = []
             samples_plain: list[float] = []
             samples_stream: list[float] = []
+            samples_verified: list[float] = []
             rss: list[int] = []
             for _ in range(runs):
                 elapsed, peak, streaming = ours()
@@ -297,6 +298,8 @@ def backup_bench(bench: Bench, runs: int) -> list[tuple[str, float, str, float, 
                 samples_stream.append(streaming)
                 rss.append(peak)
                 samples_plain.append(plain())
+                if scale >= 70:
+                    samples_verified.append(ours(verify=True)[0])
             results[scale] = max(rss)
             label = f"{int(size) / 1024**2:.0f} MiB database (pgbench -s {scale})"
             rows.append(
@@ -318,6 +321,16 @@ def backup_bench(bench: Bench, runs: int) -> list[tuple[str, float, str, float, 
                     f"{median(samples_stream) / median(samples_plain):.2f}x",
                 )
             )
+            if samples_verified:
+                rows.append(
+                    (
+                        f"  the same with the read-back verification on (the default), {label}, vs pg_dump",
+                        median(samples_verified),
+                        "pg_dump",
+                        median(samples_plain),
+                        f"{median(samples_verified) / median(samples_plain):.2f}x",
+                    )
+                )
         growth = results[70] / results[7] - 1
         rows.append(
             (
