@@ -166,6 +166,19 @@ def assert_no_secret(*texts: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def az_server() -> Iterator[Any]:
+    """Azurite's blob service on loopback for the whole session (skips when Node.js/npm are missing)."""
+    from tests.support.azserver import AzuriteServer, AzuriteUnavailableError
+
+    try:
+        server = AzuriteServer()
+    except AzuriteUnavailableError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def s3_server() -> Iterator[Any]:
     """moto's S3 server on loopback for the whole session."""
     from tests.support.s3server import S3Server

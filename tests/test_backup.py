@@ -9,7 +9,7 @@ import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,38 +35,45 @@ SCHEMA = {
 
 @dataclass
 class Backend:
-    """One backup target: its URL and the environment that reaches it."""
+    """One backup target: its URL, the environment that reaches it, and how the test lists it."""
 
     name: str
     url: str
     env: dict[str, str]
-
-    def objects(self) -> list[str]:
-        if self.name == "file":
-            root = Path(self.url.removeprefix("file://"))
-            return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-        raise NotImplementedError
+    keys: Callable[[], list[str]]  # every object under the prefix, relative to it
+    secret: str | None = None  # the credential in env, which must never be printed
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "az"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """The shared contract runs on a local folder and on moto's S3 server."""
+    """The shared contract runs on a local folder, moto's S3 server and Azurite's blob service."""
+    name = f"b-{secrets.token_hex(4)}"  # a bucket or container of its own
     if request.param == "file":
-        yield Backend("file", f"file://{tmp_path}/backups", {})
-        return
-    s3 = request.getfixturevalue("s3_server")
-    bucket = f"b-{secrets.token_hex(4)}"
-    s3.client().create_bucket(Bucket=bucket)
-    yield Backend("s3", f"s3://{bucket}/pgsluice", s3.env())
+        root = tmp_path / "backups"
+        yield Backend(
+            "file",
+            f"file://{root}",
+            {},
+            lambda: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()),
+        )
+    elif request.param == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        s3.client().create_bucket(Bucket=name)
 
+        def s3_keys() -> list[str]:
+            listing = s3.client().list_objects_v2(Bucket=name)
+            return sorted(o["Key"].removeprefix("pgsluice/") for o in listing.get("Contents", []))
 
-def list_keys(backend: Backend, request: pytest.FixtureRequest) -> list[str]:
-    if backend.name == "file":
-        return backend.objects()
-    s3 = request.getfixturevalue("s3_server")
-    bucket = backend.url.removeprefix("s3://").split("/")[0]
-    listing = s3.client().list_objects_v2(Bucket=bucket)
-    return sorted(o["Key"].removeprefix("pgsluice/") for o in listing.get("Contents", []))
+        yield Backend("s3", f"s3://{name}/pgsluice", s3.env(), s3_keys, SECRET_KEY)
+    else:
+        az = request.getfixturevalue("az_server")
+        az.client().create_container(name)
+
+        def az_keys() -> list[str]:
+            blobs = az.client().get_container_client(name).list_blobs()
+            return sorted(b.name.removeprefix("pgsluice/") for b in blobs)
+
+        yield Backend("az", f"az://{name}/pgsluice", az.env(), az_keys, az.env()["AZURE_STORAGE_ACCOUNT_KEY"])
 
 
 def fingerprint(db_url: str) -> tuple[str, dict[str, Any]]:
@@ -102,9 +109,7 @@ def new_database(server: Server) -> str:
     return name
 
 
-def test_contract_backup_list_restore_round_trip(
-    db: Database, mdir: Path, backend: Backend, request: pytest.FixtureRequest
-) -> None:
+def test_contract_backup_list_restore_round_trip(db: Database, mdir: Path, backend: Backend) -> None:
     """migrate takes a verified backup with its manifest; backups lists it; restore rebuilds an equal database."""
     write_migrations(mdir, SCHEMA)
     assert run_cli("migrate", url=db.url, migrations=mdir).returncode == 0
@@ -118,9 +123,8 @@ def test_contract_backup_list_restore_round_trip(
     assert backup["id"].startswith(f"{db.name}/") and backup["id"].endswith("_1-to-2")
     assert result.names().index("backup.completed") < result.names().index("migration.applying")
 
-    keys = list_keys(backend, request)
     stem = backup["id"]
-    assert keys == [f"{stem}.dump", f"{stem}.manifest.json"]
+    assert backend.keys() == [f"{stem}.dump", f"{stem}.manifest.json"]
     listed = run_cli("backups", "--json", "--backup-url", backend.url, url=db.url, **backend.env)
     assert listed.returncode == 0, listed.stderr
     (entry,) = json.loads(listed.stdout)
@@ -151,6 +155,10 @@ def test_contract_backup_list_restore_round_trip(
     again = restore(stem.rsplit("/", 1)[-1], "--clean")
     assert again.returncode == 0, again.stderr
     assert fingerprint(db.server.url(target)) == before
+
+    printed = [r.stdout + r.stderr for r in (result, listed, restored, refused, again)]
+    assert_no_secret(*printed)
+    assert backend.secret is None or not any(backend.secret in text for text in printed)
 
 
 def test_nothing_pending_takes_no_backup(db: Database, mdir: Path, tmp_path: Path) -> None:

@@ -56,6 +56,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_port(port: int, what: str, seconds: float = 30) -> None:
+    """Return once something accepts connections on 127.0.0.1:``port``; RuntimeError naming ``what`` if not."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start on 127.0.0.1:{port} within {seconds:.0f} s")
+
+
 class PostgresServer:
     """One PostgreSQL cluster in a temporary folder, listening on 127.0.0.1."""
 

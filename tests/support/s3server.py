@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.support.pgserver import free_port
+from tests.support.pgserver import free_port, wait_for_port
 
 ACCESS_KEY = "AKIAPGSLUICETEST0001"
 SECRET_KEY = "pgsluice-test-secret-Zq9xW2"
@@ -25,15 +23,11 @@ class S3Server:
         self.proc = subprocess.Popen(
             [exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto_server did not start")
+        try:
+            wait_for_port(self.port, "moto_server")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables pgsluice (obstore) and boto3 read."""
