@@ -6,6 +6,7 @@ import http.client
 import http.server
 import json
 import secrets
+import signal
 import socketserver
 import subprocess
 import threading
@@ -275,8 +276,10 @@ class _HoldingProxy:
         self.server.server_close()
 
 
-def test_pg_dump_killed_mid_stream_aborts_the_upload(db: Database, mdir: Path, tmp_path: Path, s3_server: Any) -> None:
-    """Parts already stored when pg_dump dies: exit 8, the multipart upload aborted, no object, nothing applied."""
+def _start_backup_held_mid_stream(
+    db: Database, mdir: Path, tmp_path: Path, s3_server: Any
+) -> tuple[subprocess.Popen[bytes], Path, _HoldingProxy, str]:
+    """migrate with a backup that is provably mid-stream: part 2 held by the proxy, part 1 stored, pg_dump writing."""
     write_migrations(mdir, {**SCHEMA, "002_more.sql": "ALTER TABLE users ADD COLUMN nick text;\n"})
     assert run_cli("migrate", url=db.url, migrations=mdir).returncode == 0
     (mdir / "003_noise.sql").write_text("CREATE TABLE noise (b bytea);\n")
@@ -288,25 +291,36 @@ def test_pg_dump_killed_mid_stream_aborts_the_upload(db: Database, mdir: Path, t
     bucket = f"b-{secrets.token_hex(4)}"
     s3_server.client().create_bucket(Bucket=bucket)
     proxy = _HoldingProxy(s3_server.port, part=2)
-    try:
-        from tests.test_concurrency import finished, start
+    from tests.test_concurrency import start
 
-        log = tmp_path / "dump.log"
-        env = {**s3_server.env(), "AWS_ENDPOINT_URL": proxy.endpoint}
-        proc = start(
-            db,
-            mdir,
-            "migrate",
-            "--backup-url",
-            f"s3://{bucket}/p",
-            "--backup-part-size",
-            "5MiB",
-            "--backup-concurrency",
-            "1",
-            log=log,
-            **env,
-        )
-        assert proxy.arrived.wait(timeout=60), "the second part never reached the store"
+    log = tmp_path / "dump.log"
+    env = {**s3_server.env(), "AWS_ENDPOINT_URL": proxy.endpoint}
+    args = ("--backup-url", f"s3://{bucket}/p", "--backup-part-size", "5MiB", "--backup-concurrency", "1")
+    proc = start(db, mdir, "migrate", *args, log=log, **env)
+    if not proxy.arrived.wait(timeout=60):
+        proxy.close()
+        proc.kill()
+        pytest.fail("the second part never reached the store")
+    return proc, log, proxy, bucket
+
+
+def _assert_nothing_left(db: Database, s3_server: Any, bucket: str, result: Result) -> None:
+    client = s3_server.client()
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # aborted, not left to bill
+    assert db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert [row[0] for row in db.history()] == [1, 2]
+    assert db.scalar("SELECT to_regclass('noise') IS NULL") is True
+    assert_no_secret(result.stderr)
+    assert SECRET_KEY not in result.stderr
+
+
+def test_pg_dump_killed_mid_stream_aborts_the_upload(db: Database, mdir: Path, tmp_path: Path, s3_server: Any) -> None:
+    """Parts already stored when pg_dump dies: exit 8, the multipart upload aborted, no object, nothing applied."""
+    from tests.test_concurrency import finished
+
+    proc, log, proxy, bucket = _start_backup_held_mid_stream(db, mdir, tmp_path, s3_server)
+    try:
         with db.connect() as conn:
             assert conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pgsluice%%backup'"
@@ -320,14 +334,27 @@ def test_pg_dump_killed_mid_stream_aborts_the_upload(db: Database, mdir: Path, t
     assert reason.startswith("pg_dump exited with code 1 after ")
     assert "terminat" in reason
     assert int(reason.split(" after ")[1].split()[0]) >= 10 * 1024**2  # two parts had been streamed
-    client = s3_server.client()
-    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
-    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # aborted, not left to bill
-    assert db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
-    assert [row[0] for row in db.history()] == [1, 2]
-    assert db.scalar("SELECT to_regclass('noise') IS NULL") is True
-    assert_no_secret(result.stderr)
-    assert SECRET_KEY not in result.stderr
+    _assert_nothing_left(db, s3_server, bucket, result)
+
+
+def test_sigterm_mid_upload_exits_143_at_once_and_aborts_the_upload(
+    db: Database, mdir: Path, tmp_path: Path, s3_server: Any
+) -> None:
+    """SIGTERM while obstore waits on the store is handled then, not when the request ends (Kubernetes' grace
+    period is short): pg_dump is killed, the upload aborted, exit 143, nothing applied."""
+    from tests.test_concurrency import finished
+
+    proc, log, proxy, bucket = _start_backup_held_mid_stream(db, mdir, tmp_path, s3_server)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proxy.release.set()  # the store answers again: obstore sees pg_dump's end and aborts the upload
+        result = finished(proc, log, timeout=30)
+    finally:
+        proxy.close()
+    assert result.returncode == 143, result.stderr
+    assert result.finished["outcome"] == "interrupted"
+    assert result.finished["backup"] is None
+    _assert_nothing_left(db, s3_server, bucket, result)
 
 
 def test_store_unreachable_or_failing_exits_8_after_bounded_retries(db: Database, mdir: Path, s3_server: Any) -> None:

@@ -15,7 +15,7 @@ import re
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
@@ -36,6 +36,7 @@ READ_CHUNK = 1024 * 1024
 MiB = 1024 * 1024
 MIN_PART, MAX_PART, MAX_PARTS = 8 * MiB, 96 * MiB, 8000  # S3 allows 10,000 parts; keep a margin
 IN_FLIGHT_BUDGET = 128 * MiB
+ABORT_GRACE_SECONDS = 2.0  # after SIGTERM, for obstore to abort the multipart upload
 
 
 def upload_shape(database_bytes: int, part_size: int | None, concurrency: int | None) -> tuple[int, int]:
@@ -102,6 +103,36 @@ def _widen_pipe(stream: IO[bytes]) -> None:
     set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", 1031)
     with contextlib.suppress(OSError):  # not Linux, or above pipe-max-size: the default pipe works too
         fcntl.fcntl(stream.fileno(), set_pipe_size, READ_CHUNK)
+
+
+def _interruptible(work: Callable[[], None], on_interrupt: Callable[[], None] = lambda: None) -> None:
+    """Run ``work`` (a blocking obstore call) in a thread while this one waits for it.
+
+    obstore blocks in Rust until its request ends, so a SIGTERM arriving meanwhile would be
+    handled only then - up to the client timeout with a stalled store, long after Kubernetes'
+    grace period. Waiting on a thread lets the handler run at once: ``on_interrupt`` runs
+    and the thread gets ABORT_GRACE_SECONDS to abort its upload before the signal goes on.
+    """
+    outcome: list[BaseException] = []
+    done = threading.Event()  # not Thread.join: an interrupted join marks the thread stopped (CPython < 3.13)
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the waiting thread as is
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="pgsluice-store", daemon=True).start()
+    try:
+        done.wait()
+    except BaseException:
+        on_interrupt()
+        done.wait(timeout=ABORT_GRACE_SECONDS)
+        raise
+    if outcome:
+        raise outcome[0]
 
 
 def _database_bytes(conn: psycopg.Connection[Any]) -> int:
@@ -198,12 +229,17 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_du
             part_size_bytes=part_size,
             concurrency=concurrency,
         )
-        storage.put_stream(target, key, chunks(), part_size=part_size, concurrency=concurrency)
+        _interruptible(
+            lambda: storage.put_stream(target, key, chunks(), part_size=part_size, concurrency=concurrency),
+            on_interrupt=proc.kill,  # its end of stream makes obstore abort the multipart upload
+        )
     except BaseException as exc:
+        if not isinstance(exc, Exception):
+            raise  # a signal (143/130) wins over the pg_dump failure it caused
         if failure:
             raise failure[0] from None
-        if isinstance(exc, psycopg.Error | PgsluiceError) or not isinstance(exc, Exception):
-            raise  # the database connection (exit 3), the configuration (2), a signal: not the upload's doing
+        if isinstance(exc, psycopg.Error | PgsluiceError):
+            raise  # the database connection (exit 3), the configuration (2): not the upload's doing
         raise BackupError(
             f"upload of {where} failed: {config.redactor(' '.join(str(exc).split()))[:600]}",
             hint="no migration was applied; check the backup target, its credentials and network, then run again",
@@ -242,7 +278,8 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_du
         "pgsluice_version": __version__,
     }
     try:
-        storage.put_bytes(target, manifest_key, json.dumps(manifest, indent=2).encode())
+        body = json.dumps(manifest, indent=2).encode()
+        _interruptible(lambda: storage.put_bytes(target, manifest_key, body))
     except Exception as exc:
         raise BackupError(
             f"writing the manifest {target.display(manifest_key)} failed: {' '.join(str(exc).split())[:600]}",
