@@ -203,8 +203,10 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_du
             code = proc.wait()
             log.debug("backup.dump_finished", bytes=size, exit_code=code)
             if code != 0:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                said = config.redactor(stderr.text()) or "nothing on stderr"
                 raise BackupError(
-                    f"pg_dump exited with code {code} after {size} bytes: {config.redactor(stderr.text())}",
+                    f"pg_dump {how} after {size} bytes: {said}",
                     hint="no migration was applied; fix the cause (see pg_dump's message) and run again",
                 )
         except BaseException as exc:
