@@ -16,7 +16,7 @@ from tests.support.pgserver import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "azurite"
-VERSION = "3"
+VERSION = "3.35.0"  # pinned: the emulator is part of the test fixture
 ACCOUNT = "devstoreaccount1"
 # Azurite's one account and its documented, public key (it accepts no other).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
