@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgsluice import __version__, storage
 from pgsluice.config import Config
 from pgsluice.errors import BackupError, ConfigError, PgsluiceError
-from pgsluice.pgtools import DumpTool, require_tool
+from pgsluice.pgtools import DumpTool
 from pgsluice.plan import Plan
 
 log = structlog.get_logger("pgsluice.backup")
@@ -79,7 +79,7 @@ class BackupResult:
         }
 
 
-class _Stderr:
+class StderrTail:
     """Drains a child's stderr in a thread (so it never blocks) and keeps the last lines."""
 
     def __init__(self, stream: IO[bytes]) -> None:
@@ -140,7 +140,7 @@ def _database_bytes(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def _libpq_env(params: dict[str, Any], application_name: str) -> tuple[str, dict[str, str]]:
+def libpq_env(params: dict[str, Any], application_name: str) -> tuple[str, dict[str, str]]:
     """A conninfo without the password for argv, and the password in the child's environment."""
     import os
 
@@ -179,7 +179,7 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_du
     params: dict[str, Any] = dict(conninfo_to_dict(config.database_url)) if config.database_url else {}
     if config.password is not None:
         params["password"] = config.password
-    conninfo, env = _libpq_env(params, f"pgsluice {__version__} backup")
+    conninfo, env = libpq_env(params, f"pgsluice {__version__} backup")
     command = [config.pg_dump, "--format=custom", f"--compress={compress}", "--no-password", f"--dbname={conninfo}"]
 
     sha = hashlib.sha256()
@@ -187,7 +187,7 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_du
     failure: list[BaseException] = []
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 - both are PIPE
-    stderr = _Stderr(proc.stderr)
+    stderr = StderrTail(proc.stderr)
     _widen_pipe(proc.stdout)
 
     def chunks() -> Iterator[bytes]:
@@ -306,7 +306,7 @@ def verify_object(config: Config, target: storage.Target, key: str, size: int, d
         [config.pg_restore, "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # noqa: S101
-    stderr = _Stderr(proc.stderr)
+    stderr = StderrTail(proc.stderr)
     toc: list[int] = [0]
 
     def count_toc(stream: IO[bytes]) -> None:
@@ -440,54 +440,3 @@ def find_backup(target: storage.Target, backup_id: str) -> BackupInfo:
         if backup_id in (info.id, info.id.rsplit("/", 1)[-1]):
             return info
     raise ConfigError(f"restore: no complete backup {backup_id!r} in {target.url}", hint="see 'pgsluice backups'")
-
-
-def restore_backup(config: Config, info: BackupInfo, target: storage.Target, target_url: str, clean: bool) -> int:
-    """Stream the dump into pg_restore (single job: the input is a stream); the sha256 is checked before the
-    last chunk is handed over, and pg_restore runs in one transaction, so a corrupt object restores nothing."""
-    with psycopg.connect(target_url, autocommit=True, connect_timeout=10) as conn:
-        objects = conn.execute(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'"
-            " AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
-        ).fetchone()
-        if objects and objects[0] and not clean:
-            raise ConfigError(
-                f"restore: the target database {conn.info.dbname!r} is not empty ({objects[0]} relations)",
-                hint="restore into a new database, or pass --clean to drop and recreate what the dump contains",
-            )
-    require_tool(config.pg_restore)
-    conninfo, env = _libpq_env(dict(conninfo_to_dict(target_url)), f"pgsluice {__version__} restore")
-    command = [config.pg_restore, "--single-transaction", "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
-    if clean:
-        command += ["--clean", "--if-exists"]
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    assert proc.stdin is not None and proc.stderr is not None  # noqa: S101
-    stderr = _Stderr(proc.stderr)
-    sha = hashlib.sha256()
-    held: bytes | None = None
-    try:
-        for chunk in storage.read_stream(target, info.dump_key):
-            if held is not None:
-                proc.stdin.write(held)
-            sha.update(chunk)
-            held = chunk
-        if sha.hexdigest() != info.sha256:
-            proc.kill()
-            proc.wait()
-            raise BackupError(
-                f"restore: {info.object} has sha256 {sha.hexdigest()}, its manifest says {info.sha256}",
-                hint="the object is corrupt; nothing was restored; pick another backup",
-            )
-        if held is not None:
-            proc.stdin.write(held)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    code = proc.wait()
-    if code != 0:
-        raise BackupError(
-            f"restore: pg_restore exited with code {code}: {config.redactor(stderr.text())}",
-            hint="nothing was restored (single transaction)",
-        )
-    return info.size

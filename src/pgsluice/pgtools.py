@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +20,27 @@ def require_tool(program: str) -> None:
             f"{program} not found",
             hint="install postgresql-client (the pgsluice image has it) or set --pg-dump / --pg-restore",
         )
+
+
+def tool_major(program: str) -> tuple[int, str]:
+    """A client program's major version and ``--version`` text; ConfigError when missing or unreadable."""
+    require_tool(program)
+    try:
+        text = subprocess.run([program, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot run {program}: {exc.strerror}") from None
+    return _major(text), text
+
+
+def companion(program: str, name: str) -> str:
+    """``name`` (psql) beside ``program`` (pg_restore) when it is there, so both are one client version."""
+    found = shutil.which(program)
+    if found:
+        beside = Path(found).resolve().with_name(name)
+        if beside.exists():
+            return str(beside)
+    require_tool(name)
+    return name
 
 
 def _major(version_output: str) -> int:

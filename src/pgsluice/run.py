@@ -296,7 +296,8 @@ def run_list(config: Config, report: Report) -> ExitCode:
 
 def run_restore(config: Config, report: Report) -> ExitCode:
     """Restore one backup into --target-database."""
-    from pgsluice.backup import find_backup, restore_backup
+    from pgsluice.backup import find_backup
+    from pgsluice.restore import restore_backup
     from pgsluice.storage import open_target
 
     if config.backup_url in (None, "none"):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Database, parse_events, write_migrations
+from tests.conftest import Database, assert_no_secret, parse_events, write_migrations
+from tests.support.s3server import SECRET_KEY
 from tests.test_concurrency import LONG, poll, sleeping_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -121,3 +123,53 @@ def test_sigterm_during_a_long_migration_exits_143_and_rolls_back(
     assert parse_events(logs)[-1]["outcome"] == "interrupted"
     assert db.scalar("SELECT to_regclass('long_table') IS NULL") is True
     assert db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+
+
+def test_image_backs_up_to_s3_and_restores_what_it_took(
+    docker_client: Any, pgsluice_image: str, db: Database, s3_server: Any, tmp_path: Path
+) -> None:
+    """The image's own pg_dump, pg_restore and obstore: a verified backup to S3 before migrating, then a restore,
+    as uid 10001 on a read-only root, credentials from the standard AWS variables and never printed."""
+    bucket = f"img-{secrets.token_hex(4)}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    env = {**s3_server.env(), "PGSLUICE_BACKUP_URL": f"s3://{bucket}/pgsluice", "PGSLUICE_REQUIRE_BACKUP": "true"}
+    first = "CREATE TABLE t (id int PRIMARY KEY);\nINSERT INTO t VALUES (1), (2);\n"
+    mdir = write_migrations(tmp_path / "m", {"001_t.sql": first})
+    assert finish(run(docker_client, pgsluice_image, db.url, mdir, environment=env))[0] == 0
+    write_migrations(mdir, {"002_u.sql": "ALTER TABLE t ADD COLUMN u text;\n"})
+
+    code, logs = finish(run(docker_client, pgsluice_image, db.url, mdir, environment=env))
+    assert code == 0, logs
+    finished = parse_events(logs)[-1]
+    assert finished["applied"] == [2]
+    assert finished["backup"]["verified"] is True
+    backup_id = finished["backup"]["id"]
+
+    target = f"restored_{secrets.token_hex(3)}"
+    with db.server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{target}"')
+    code, restore_logs = finish(
+        run(
+            docker_client,
+            pgsluice_image,
+            db.url,
+            None,
+            "restore",
+            backup_id,
+            "--target-database",
+            db.server.url(target),
+            environment=env,
+        )
+    )
+    assert code == 0, restore_logs
+    if db.scalar("SELECT current_setting('server_version_num')::int") < 170000:  # the image's pg_restore is 17
+        dropped = [e for e in parse_events(restore_logs) if e["event"] == "restore.settings_dropped"]
+        assert dropped and "transaction_timeout" in dropped[0]["settings"]
+    import psycopg
+
+    with psycopg.connect(db.server.url(target)) as conn:  # the state before 002: two rows, no column u
+        assert conn.execute("SELECT array_agg(id ORDER BY id) FROM t").fetchone() == ([1, 2],)
+        columns = conn.execute("SELECT count(*) FROM information_schema.columns WHERE column_name = 'u'")
+        assert columns.fetchone() == (0,)
+    assert_no_secret(logs, restore_logs)
+    assert SECRET_KEY not in logs + restore_logs
