@@ -125,51 +125,79 @@ def test_sigterm_during_a_long_migration_exits_143_and_rolls_back(
     assert db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
 
 
+def _image_backup(
+    docker_client: Any, image: str, db: Database, s3_server: Any, tmp_path: Path, *, first: str
+) -> tuple[dict[str, str], str, str, str]:
+    """Migrate to 001 (``first``), then 002 with the image taking its backup to S3 first.
+
+    Returns the environment, the bucket, the backup's id and migrate's logs."""
+    bucket = f"img-{secrets.token_hex(4)}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    env = {**s3_server.env(), "PGSLUICE_BACKUP_URL": f"s3://{bucket}/pgsluice", "PGSLUICE_REQUIRE_BACKUP": "true"}
+    mdir = write_migrations(tmp_path / "m", {"001_t.sql": first})
+    assert finish(run(docker_client, image, db.url, mdir, environment=env))[0] == 0
+    write_migrations(mdir, {"002_u.sql": "ALTER TABLE t ADD COLUMN u text;\n"})
+    code, logs = finish(run(docker_client, image, db.url, mdir, environment=env))
+    assert code == 0, logs
+    finished = parse_events(logs)[-1]
+    assert finished["applied"] == [2]
+    assert finished["backup"]["verified"] is True
+    return env, bucket, str(finished["backup"]["id"]), logs
+
+
+def _image_restore(docker_client: Any, image: str, db: Database, backup_id: str, env: dict[str, str]) -> Any:
+    """Restore ``backup_id`` with the image into a new database; returns (exit code, logs, that database's URL)."""
+    target = f"restored_{secrets.token_hex(3)}"
+    with db.server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{target}"')
+    args = ("restore", backup_id, "--target-database", db.server.url(target))
+    code, logs = finish(run(docker_client, image, db.url, None, *args, environment=env))
+    return code, logs, db.server.url(target)
+
+
 def test_image_backs_up_to_s3_and_restores_what_it_took(
     docker_client: Any, pgsluice_image: str, db: Database, s3_server: Any, tmp_path: Path
 ) -> None:
     """The image's own pg_dump, pg_restore and obstore: a verified backup to S3 before migrating, then a restore,
     as uid 10001 on a read-only root, credentials from the standard AWS variables and never printed."""
-    bucket = f"img-{secrets.token_hex(4)}"
-    s3_server.client().create_bucket(Bucket=bucket)
-    env = {**s3_server.env(), "PGSLUICE_BACKUP_URL": f"s3://{bucket}/pgsluice", "PGSLUICE_REQUIRE_BACKUP": "true"}
     first = "CREATE TABLE t (id int PRIMARY KEY);\nINSERT INTO t VALUES (1), (2);\n"
-    mdir = write_migrations(tmp_path / "m", {"001_t.sql": first})
-    assert finish(run(docker_client, pgsluice_image, db.url, mdir, environment=env))[0] == 0
-    write_migrations(mdir, {"002_u.sql": "ALTER TABLE t ADD COLUMN u text;\n"})
-
-    code, logs = finish(run(docker_client, pgsluice_image, db.url, mdir, environment=env))
-    assert code == 0, logs
-    finished = parse_events(logs)[-1]
-    assert finished["applied"] == [2]
-    assert finished["backup"]["verified"] is True
-    backup_id = finished["backup"]["id"]
-
-    target = f"restored_{secrets.token_hex(3)}"
-    with db.server.admin() as conn:
-        conn.execute(f'CREATE DATABASE "{target}"')
-    code, restore_logs = finish(
-        run(
-            docker_client,
-            pgsluice_image,
-            db.url,
-            None,
-            "restore",
-            backup_id,
-            "--target-database",
-            db.server.url(target),
-            environment=env,
-        )
-    )
+    env, _, backup_id, logs = _image_backup(docker_client, pgsluice_image, db, s3_server, tmp_path, first=first)
+    code, restore_logs, target_url = _image_restore(docker_client, pgsluice_image, db, backup_id, env)
     assert code == 0, restore_logs
     if db.scalar("SELECT current_setting('server_version_num')::int") < 170000:  # the image's pg_restore is 17
         dropped = [e for e in parse_events(restore_logs) if e["event"] == "restore.settings_dropped"]
         assert dropped and "transaction_timeout" in dropped[0]["settings"]
     import psycopg
 
-    with psycopg.connect(db.server.url(target)) as conn:  # the state before 002: two rows, no column u
+    with psycopg.connect(target_url) as conn:  # the state before 002: two rows, no column u
         assert conn.execute("SELECT array_agg(id ORDER BY id) FROM t").fetchone() == ([1, 2],)
         columns = conn.execute("SELECT count(*) FROM information_schema.columns WHERE column_name = 'u'")
         assert columns.fetchone() == (0,)
     assert_no_secret(logs, restore_logs)
     assert SECRET_KEY not in logs + restore_logs
+
+
+def test_image_restore_of_a_corrupt_object_commits_nothing(
+    docker_client: Any, pgsluice_image: str, db: Database, s3_server: Any, tmp_path: Path
+) -> None:
+    """A byte flipped near the end of a 3 MB dump: pg_restore has already fed psql most of the script when the
+    sha256 mismatch shows; the transaction is rolled back (exit 8) and the target stays empty."""
+    first = (
+        "CREATE TABLE t (id int PRIMARY KEY);\nINSERT INTO t VALUES (1), (2);\n"
+        "CREATE TABLE noise AS SELECT decode(md5(random()::text) || md5(random()::text), 'hex') AS b"
+        " FROM generate_series(1, 100000);\n"
+    )
+    env, bucket, backup_id, _ = _image_backup(docker_client, pgsluice_image, db, s3_server, tmp_path, first=first)
+    client = s3_server.client()
+    key = f"pgsluice/{backup_id}.dump"
+    data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert len(data) > 3 * 1024**2  # several 1 MiB chunks reach pg_restore before the last one is held back
+    data[-100] ^= 0xFF
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    code, logs, target_url = _image_restore(docker_client, pgsluice_image, db, backup_id, env)
+    assert code == 8, logs
+    assert "its manifest says" in parse_events(logs)[-1]["reason"]
+    import psycopg
+
+    with psycopg.connect(target_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
