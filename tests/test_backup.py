@@ -131,6 +131,9 @@ def test_contract_backup_list_restore_round_trip(db: Database, mdir: Path, backe
     assert listed.returncode == 0, listed.stderr
     (entry,) = json.loads(listed.stdout)
     assert (entry["id"], entry["from_version"], entry["to_version"], entry["size"]) == (stem, 1, 2, backup["bytes"])
+    table = run_cli("backups", "--backup-url", backend.url, url=db.url, **backend.env)
+    assert table.returncode == 0, table.stderr
+    assert f"{stem} " in table.stdout and " 1 -> 2" in table.stdout
 
     target = new_database(db.server)
 

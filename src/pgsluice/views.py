@@ -135,5 +135,6 @@ def print_backups(backups: list[Any], *, as_json: bool) -> None:
         return
     rows = [["ID", "FINISHED (UTC)", "SIZE", "VERSIONS"]]
     for b in backups:
-        rows.append([b.id, b.time[:19].replace("T", " "), _size(b.size), f"{b.from_version} -> {b.to_version}"])
+        versions = f"{b.from_version or 0} -> {b.to_version or 0}"  # as in the id: 0 is "no migration yet"
+        rows.append([b.id, b.time[:19].replace("T", " "), _size(b.size), versions])
     sys.stdout.write((_table(rows) if backups else "no complete backups") + "\n")
