@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgsluice import __version__, storage
 from pgsluice.config import Config
 from pgsluice.errors import BackupError, ConfigError, PgsluiceError
-from pgsluice.pgtools import DumpTool
+from pgsluice.pgtools import ClientTool
 from pgsluice.plan import Plan
 
 log = structlog.get_logger("pgsluice.backup")
@@ -163,9 +163,9 @@ def _stamp(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
 
 
-def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_dump: DumpTool) -> BackupResult:
+def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_dump: ClientTool) -> BackupResult:
     """Dump the database into the backup target, verify it, write the manifest; BackupError on any failure."""
-    dump_major, server_version = pg_dump.check_compatible(conn)
+    dump_major, server_version = pg_dump.check_can_dump(conn)
     dump_version = pg_dump.version()
     database = conn.info.dbname
     started_at = datetime.now(UTC)
@@ -180,7 +180,7 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_du
     if config.password is not None:
         params["password"] = config.password
     conninfo, env = libpq_env(params, f"pgsluice {__version__} backup")
-    command = [config.pg_dump, "--format=custom", f"--compress={compress}", "--no-password", f"--dbname={conninfo}"]
+    command = [pg_dump.program, "--format=custom", f"--compress={compress}", "--no-password", f"--dbname={conninfo}"]
 
     sha = hashlib.sha256()
     size = 0

@@ -22,16 +22,6 @@ def require_tool(program: str) -> None:
         )
 
 
-def tool_major(program: str) -> tuple[int, str]:
-    """A client program's major version and ``--version`` text; ConfigError when missing or unreadable."""
-    require_tool(program)
-    try:
-        text = subprocess.run([program, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot run {program}: {exc.strerror}") from None
-    return _major(text), text
-
-
 def companion(program: str, name: str) -> str:
     """``name`` (psql) beside ``program`` (pg_restore) when it is there, so both are one client version."""
     found = shutil.which(program)
@@ -50,12 +40,13 @@ def _major(version_output: str) -> int:
     return int(match.group(1))
 
 
-class DumpTool:
-    """pg_dump, found and asked its version before pgsluice waits for the database.
+class ClientTool:
+    """A PostgreSQL client program (pg_dump, pg_restore), found and asked its version as soon as it is made.
 
-    A missing pg_dump is exit 2 at once instead of after the wait and the lock, and
-    ``pg_dump --version`` (~20 ms: the dynamic linker's work) has run by the time the plan
-    shows pending work. A context manager: the version process is always reaped.
+    pgsluice makes pg_dump's before it waits for the database: a missing pg_dump is exit 2 at
+    once instead of after the wait and the lock, and ``pg_dump --version`` (~20 ms: the dynamic
+    linker's work) has run by the time the plan shows pending work. A context manager: the
+    version process is always reaped.
     """
 
     def __init__(self, program: str) -> None:
@@ -66,7 +57,7 @@ class DumpTool:
                 [program, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
             )
         except OSError as exc:
-            raise ConfigError(f"cannot run {program}: {exc.strerror}", hint="check --pg-dump") from None
+            raise ConfigError(f"cannot run {program}: {exc.strerror}", hint="check --pg-dump / --pg-restore") from None
         self._version: str | None = None
 
     def version(self) -> str:
@@ -75,12 +66,16 @@ class DumpTool:
             self._version = (self._proc.communicate()[0] or "").strip()
         return self._version
 
-    def check_compatible(self, conn: psycopg.Connection[Any]) -> tuple[int, str]:
+    def major(self) -> int:
+        """The major version, 17 for 17.2; ConfigError when the output has none."""
+        return _major(self.version())
+
+    def check_can_dump(self, conn: psycopg.Connection[Any]) -> tuple[int, str]:
         """pg_dump must be at least the server's major version; ConfigError (exit 2) naming both.
 
         Returns pg_dump's major version and the server's version string."""
         dump_version = self.version()
-        dump_major = _major(dump_version)
+        dump_major = self.major()
         server_major = conn.info.server_version // 10000
         server_version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
         if dump_major < server_major:
@@ -90,7 +85,7 @@ class DumpTool:
             )
         return dump_major, server_version
 
-    def __enter__(self) -> DumpTool:
+    def __enter__(self) -> ClientTool:
         return self
 
     def __exit__(self, *exc: object) -> None:

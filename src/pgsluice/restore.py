@@ -30,7 +30,7 @@ from pgsluice import __version__, storage
 from pgsluice.backup import BackupInfo, StderrTail, libpq_env
 from pgsluice.config import Config
 from pgsluice.errors import BackupError, ConfigError
-from pgsluice.pgtools import companion, tool_major
+from pgsluice.pgtools import ClientTool, companion
 
 log = structlog.get_logger("pgsluice.restore")
 
@@ -80,7 +80,7 @@ def _target_facts(target_url: str, clean: bool) -> tuple[int, set[str]]:
         return conn.info.server_version // 10000, known
 
 
-def _feed(config: Config, info: BackupInfo, target: storage.Target, sink: IO[bytes]) -> None:
+def _feed(info: BackupInfo, target: storage.Target, sink: IO[bytes]) -> None:
     """The object into ``sink``, the last chunk only once the sha256 matches the manifest."""
     sha = hashlib.sha256()
     held: bytes | None = None
@@ -105,7 +105,8 @@ def _feed(config: Config, info: BackupInfo, target: storage.Target, sink: IO[byt
 def restore_backup(config: Config, info: BackupInfo, target: storage.Target, target_url: str, clean: bool) -> int:
     """Restore ``info`` into ``target_url`` in one transaction; BackupError (nothing restored) on any failure."""
     server_major, known = _target_facts(target_url, clean)
-    restore_major, restore_version = tool_major(config.pg_restore)
+    with ClientTool(config.pg_restore) as pg_restore:
+        restore_major, restore_version = pg_restore.major(), pg_restore.version()
     conninfo, env = libpq_env(dict(conninfo_to_dict(target_url)), f"pgsluice {__version__} restore")
     clean_args = ["--clean", "--if-exists"] if clean else []
     if restore_major <= server_major:
@@ -120,7 +121,7 @@ def restore_backup(config: Config, info: BackupInfo, target: storage.Target, tar
         assert proc.stdin is not None and proc.stderr is not None  # noqa: S101 - both are PIPE
         stderr = StderrTail(proc.stderr)
         try:
-            _feed(config, info, target, proc.stdin)
+            _feed(info, target, proc.stdin)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -193,7 +194,7 @@ def _restore_via_script(
     pumping = threading.Thread(target=pump, args=(producer.stdout, consumer.stdin), daemon=True)
     pumping.start()
     try:
-        _feed(config, info, target, producer.stdin)
+        _feed(info, target, producer.stdin)
         produced = producer.wait()
         pumping.join()
     except BaseException:

@@ -25,7 +25,7 @@ from pgsluice.source import read_folder
 from pgsluice.wait import wait_for_database
 
 if TYPE_CHECKING:
-    from pgsluice.pgtools import DumpTool
+    from pgsluice.pgtools import ClientTool
 
 log = structlog.get_logger("pgsluice.run")
 
@@ -161,19 +161,19 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
 
 
 @contextmanager
-def _pg_dump_ahead(config: Config) -> Iterator[DumpTool | None]:
-    """pg_dump found and asked its version before the wait (pgtools.DumpTool); None without a backup target."""
+def _pg_dump_ahead(config: Config) -> Iterator[ClientTool | None]:
+    """pg_dump found and asked its version before the wait (pgtools.ClientTool); None without a backup target."""
     if config.backup_url in (None, "none"):
         yield None
         return
-    from pgsluice.pgtools import DumpTool
+    from pgsluice.pgtools import ClientTool
 
-    with DumpTool(config.pg_dump) as pg_dump:
+    with ClientTool(config.pg_dump) as pg_dump:
         yield pg_dump
 
 
 def backup_step(
-    config: Config, report: Report, conn: psycopg.Connection[Any], plan: Plan, pg_dump: DumpTool | None
+    config: Config, report: Report, conn: psycopg.Connection[Any], plan: Plan, pg_dump: ClientTool | None
 ) -> None:
     """The backup taken under the lock, after the plan, before the first migration."""
     if pg_dump is None:

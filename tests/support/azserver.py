@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.pgserver import free_port, wait_for_port
+from tests.support.pgserver import free_port, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "azurite"
@@ -54,7 +54,7 @@ class AzuriteServer:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._workdir = tempfile.mkdtemp(prefix="pgsluice-azurite-")
-        self.proc = subprocess.Popen(
+        self.proc = start_server(
             [
                 str(exe),
                 "--blobHost",
@@ -65,15 +65,10 @@ class AzuriteServer:
                 "--skipApiVersionCheck",  # obstore may speak a newer API version than this Azurite
                 "--silent",
             ],
+            self.port,
+            "azurite",
             cwd=self._workdir,  # its debug and extent files, if any, go here
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
         )
-        try:
-            wait_for_port(self.port, "azurite")
-        except RuntimeError:
-            self.stop()
-            raise
 
     def env(self) -> dict[str, str]:
         """The standard variables pgsluice (obstore) reads: emulator mode, its URL, the account key."""
@@ -94,10 +89,5 @@ class AzuriteServer:
         )
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_server(self.proc)
         shutil.rmtree(self._workdir, ignore_errors=True)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SUPERUSER = "sluice_admin"
 PASSWORD = "s3cret-Pa55-7f1e"
@@ -66,6 +67,27 @@ def wait_for_port(port: int, what: str, seconds: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{what} did not start on 127.0.0.1:{port} within {seconds:.0f} s")
+
+
+def start_server(argv: list[str], port: int, what: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a loopback server (moto, Azurite) and return once it listens on ``port``; stopped if it never does."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    try:
+        wait_for_port(port, what)
+    except RuntimeError:
+        stop_server(proc)
+        raise
+    return proc
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class PostgresServer:

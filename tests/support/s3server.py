@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.pgserver import free_port, wait_for_port
+from tests.support.pgserver import free_port, start_server, stop_server
 
 ACCESS_KEY = "AKIAPGSLUICETEST0001"
 SECRET_KEY = "pgsluice-test-secret-Zq9xW2"
@@ -20,14 +19,7 @@ class S3Server:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-        self.proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            wait_for_port(self.port, "moto_server")
-        except RuntimeError:
-            self.stop()
-            raise
+        self.proc = start_server([exe, "-H", "127.0.0.1", "-p", str(self.port)], self.port, "moto_server")
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables pgsluice (obstore) and boto3 read."""
@@ -51,5 +43,4 @@ class S3Server:
         )
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        stop_server(self.proc)
