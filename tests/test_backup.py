@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Database, Result, Server, assert_no_secret, run_cli, write_migrations
+from tests.support.cli import Result, assert_no_secret, finished, poll, run_cli, start, write_migrations
+from tests.support.databases import Database, new_database
 from tests.support.pgserver import free_port
 from tests.support.s3server import SECRET_KEY
 
@@ -104,13 +105,6 @@ def fingerprint(db_url: str) -> tuple[str, dict[str, Any]]:
     return schema, rows
 
 
-def new_database(server: Server) -> str:
-    name = f"r_{secrets.token_hex(5)}"
-    with server.admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
 def test_contract_backup_list_restore_round_trip(db: Database, mdir: Path, backend: Backend) -> None:
     """migrate takes a verified backup with its manifest; backups lists it; restore rebuilds an equal database."""
     write_migrations(mdir, SCHEMA)
@@ -118,7 +112,7 @@ def test_contract_backup_list_restore_round_trip(db: Database, mdir: Path, backe
     write_migrations(mdir, {"002_more.sql": "ALTER TABLE users ADD COLUMN nick text;\n"})
     before = fingerprint(db.url)
 
-    result = run_cli("migrate", "--backup-url", backend.url, url=db.url, migrations=mdir, **backend.env)
+    result = run_cli("migrate", "--backup-url", backend.url, url=db.url, migrations=mdir, env=backend.env)
     assert result.returncode == 0, result.stderr
     backup = result.finished["backup"]
     assert backup["verified"] is True
@@ -127,39 +121,39 @@ def test_contract_backup_list_restore_round_trip(db: Database, mdir: Path, backe
 
     stem = backup["id"]
     assert backend.keys() == [f"{stem}.dump", f"{stem}.manifest.json"]
-    listed = run_cli("backups", "--json", "--backup-url", backend.url, url=db.url, **backend.env)
+    listed = run_cli("backups", "--json", "--backup-url", backend.url, url=db.url, env=backend.env)
     assert listed.returncode == 0, listed.stderr
     (entry,) = json.loads(listed.stdout)
     assert (entry["id"], entry["from_version"], entry["to_version"], entry["size"]) == (stem, 1, 2, backup["bytes"])
-    table = run_cli("backups", "--backup-url", backend.url, url=db.url, **backend.env)
+    table = run_cli("backups", "--backup-url", backend.url, url=db.url, env=backend.env)
     assert table.returncode == 0, table.stderr
     assert f"{stem} " in table.stdout and " 1 -> 2" in table.stdout
 
-    target = new_database(db.server)
+    with new_database(db.server, "r") as target:
 
-    def restore(backup_id: str, *extra: str) -> Result:
-        return run_cli(
-            "restore",
-            backup_id,
-            *extra,
-            "--target-database",
-            db.server.url(target),
-            "--backup-url",
-            backend.url,
-            url=db.url,
-            **backend.env,
-        )
+        def restore(backup_id: str, *extra: str) -> Result:
+            return run_cli(
+                "restore",
+                backup_id,
+                *extra,
+                "--target-database",
+                target.url,
+                "--backup-url",
+                backend.url,
+                url=db.url,
+                env=backend.env,
+            )
 
-    restored = restore(stem)
-    assert restored.returncode == 0, restored.stderr
-    assert fingerprint(db.server.url(target)) == before
+        restored = restore(stem)
+        assert restored.returncode == 0, restored.stderr
+        assert fingerprint(target.url) == before
 
-    refused = restore(stem)
-    assert refused.returncode == 2
-    assert "is not empty" in refused.finished["reason"]
-    again = restore(stem.rsplit("/", 1)[-1], "--clean")
-    assert again.returncode == 0, again.stderr
-    assert fingerprint(db.server.url(target)) == before
+        refused = restore(stem)
+        assert refused.returncode == 2
+        assert "is not empty" in refused.finished["reason"]
+        again = restore(stem.rsplit("/", 1)[-1], "--clean")
+        assert again.returncode == 0, again.stderr
+        assert fingerprint(target.url) == before
 
     printed = [r.stdout + r.stderr for r in (result, listed, restored, refused, again)]
     assert_no_secret(*printed)
@@ -185,13 +179,11 @@ def test_pg_dump_killed_mid_run_exits_8_and_applies_nothing(db: Database, mdir: 
         conn.execute("CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, meta jsonb)")
     assert run_cli("baseline", "1", url=db.url, migrations=mdir).returncode == 0
 
-    from tests.test_concurrency import finished, poll, start
-
     blocker = db.connect()
     blocker.execute("BEGIN")
     blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # pg_dump waits for its ACCESS SHARE lock
     log = tmp_path / "dump.log"
-    proc = start(db, mdir, "migrate", "--backup-url", f"file://{tmp_path}/bk", log=log)
+    proc = start(db.url, mdir, "migrate", "--backup-url", f"file://{tmp_path}/bk", log=log)
     pid = poll(
         lambda: db.scalar(
             "SELECT pid FROM pg_stat_activity"
@@ -294,12 +286,10 @@ def _start_backup_held_mid_stream(
     bucket = f"b-{secrets.token_hex(4)}"
     s3_server.client().create_bucket(Bucket=bucket)
     proxy = _HoldingProxy(s3_server.port, part=2)
-    from tests.test_concurrency import start
-
     log = tmp_path / "dump.log"
     env = {**s3_server.env(), "AWS_ENDPOINT_URL": proxy.endpoint}
     args = ("--backup-url", f"s3://{bucket}/p", "--backup-part-size", "5MiB", "--backup-concurrency", "1")
-    proc = start(db, mdir, "migrate", *args, log=log, **env)
+    proc = start(db.url, mdir, "migrate", *args, log=log, env=env)
     if not proxy.arrived.wait(timeout=60):
         proxy.close()
         proc.kill()
@@ -320,8 +310,6 @@ def _assert_nothing_left(db: Database, s3_server: Any, bucket: str, result: Resu
 
 def test_pg_dump_killed_mid_stream_aborts_the_upload(db: Database, mdir: Path, tmp_path: Path, s3_server: Any) -> None:
     """Parts already stored when pg_dump dies: exit 8, the multipart upload aborted, no object, nothing applied."""
-    from tests.test_concurrency import finished
-
     proc, log, proxy, bucket = _start_backup_held_mid_stream(db, mdir, tmp_path, s3_server)
     try:
         with db.connect() as conn:
@@ -345,8 +333,6 @@ def test_sigterm_mid_upload_exits_143_at_once_and_aborts_the_upload(
 ) -> None:
     """SIGTERM while obstore waits on the store is handled then, not when the request ends (Kubernetes' grace
     period is short): pg_dump is killed, the upload aborted, exit 143, nothing applied."""
-    from tests.test_concurrency import finished
-
     proc, log, proxy, bucket = _start_backup_held_mid_stream(db, mdir, tmp_path, s3_server)
     try:
         proc.send_signal(signal.SIGTERM)
@@ -372,7 +358,7 @@ def test_store_unreachable_or_failing_exits_8_after_bounded_retries(db: Database
         "http://127.0.0.1:9",
         url=db.url,
         migrations=mdir,
-        **env,
+        env=env,
     )
     assert refused.returncode == 8, refused.stderr
     assert refused.finished["reason"].startswith("upload of s3://nowhere/p/")
@@ -388,7 +374,7 @@ def test_store_unreachable_or_failing_exits_8_after_bounded_retries(db: Database
             url=db.url,
             migrations=mdir,
             timeout=90,
-            **env,
+            env=env,
         )
         failing.shutdown()
     assert broken.returncode == 8, broken.stderr
@@ -435,22 +421,22 @@ def test_corrupt_object_is_refused_on_restore(db: Database, mdir: Path, tmp_path
     data = bytearray(dump.read_bytes())
     data[-10] ^= 0xFF
     dump.write_bytes(bytes(data))
-    target = new_database(db.server)
-    result = run_cli(
-        "restore",
-        taken.finished["backup"]["id"],
-        "--target-database",
-        db.server.url(target),
-        "--backup-url",
-        url,
-        url=db.url,
-    )
-    assert result.returncode == 8
-    assert "its manifest says" in result.finished["reason"]
-    import psycopg
+    with new_database(db.server, "r") as target:
+        result = run_cli(
+            "restore",
+            taken.finished["backup"]["id"],
+            "--target-database",
+            target.url,
+            "--backup-url",
+            url,
+            url=db.url,
+        )
+        assert result.returncode == 8
+        assert "its manifest says" in result.finished["reason"]
+        import psycopg
 
-    with psycopg.connect(db.server.url(target)) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+        with psycopg.connect(target.url) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
 
 
 def test_old_pg_dump_is_refused_with_both_versions(db: Database, mdir: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, cli_env, parse_events, write_migrations
+from tests.support.cli import ROOT, cli_env, parse_events, write_migrations
 
 
 def _python(*args: str, migrations: Path | None = None) -> subprocess.CompletedProcess[str]:

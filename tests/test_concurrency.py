@@ -5,69 +5,21 @@ Every wait here polls database state (pg_stat_activity, pg_locks) to a deadline;
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
 from pgsluice.config import load_config
-from tests.conftest import ROOT, Database, Result, cli_env, parse_events, pgsluice_cmd, run_cli, write_migrations
+from tests.support.cli import ROOT, cli_env, finished, pgsluice_cmd, poll, run_cli, start, write_migrations
+from tests.support.databases import LONG, Database, advisory_locks, sleeping_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+
 # Sleeps for a minute on the first run; once the test has created rerun_marker, it does not.
-LONG = (
-    "CREATE TABLE long_table (a int);\n"
-    "SELECT pg_sleep(CASE WHEN to_regclass('public.rerun_marker') IS NULL THEN 60 ELSE 0 END);\n"
-)
-
-
-def start(db: Database, mdir: Path, *args: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """Start pgsluice in the background, its stderr to ``log``."""
-    with log.open("wb") as sink:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [*pgsluice_cmd(), *args],
-            env=cli_env(db.url, mdir, **env),
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            cwd=ROOT,
-        )
-
-
-def finished(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> Result:
-    code = proc.wait(timeout=timeout)
-    text = log.read_text()
-    return Result(code, "", text, parse_events(text))
-
-
-def poll(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def sleeping_pid(db: Database) -> int | None:
-    return db.scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%pg_sleep(CASE%'"
-        " AND state = 'active' AND pid <> pg_backend_pid()"
-    )
-
-
-def advisory_locks(db: Database) -> int:
-    return int(db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") or 0)
-
-
 def test_eight_processes_apply_200_migrations_exactly_once(db: Database, mdir: Path, tmp_path: Path) -> None:
     """8 runners started together: all exit 0, each migration ran once, in order."""
     files = {"000_runs.sql": "CREATE TABLE runs (version int, pid int, at timestamptz DEFAULT clock_timestamp());\n"}
@@ -77,7 +29,7 @@ def test_eight_processes_apply_200_migrations_exactly_once(db: Database, mdir: P
         )
     write_migrations(mdir, files)
     logs = [tmp_path / f"runner{i}.log" for i in range(8)]
-    procs = [start(db, mdir, "migrate", log=log) for log in logs]
+    procs = [start(db.url, mdir, "migrate", log=log) for log in logs]
     results = [finished(p, log, timeout=180) for p, log in zip(procs, logs, strict=True)]
     assert [r.returncode for r in results] == [0] * 8, [r.stderr[-2000:] for r in results if r.returncode]
     applied = sorted(v for r in results for v in r.finished["applied"])
@@ -112,7 +64,7 @@ def test_sigkill_of_the_holder_mid_migration_rolls_back_and_frees_the_lock(
 ) -> None:
     """SIGKILL during a long migration: the server rolls it back and drops the lock; a rerun completes."""
     write_migrations(mdir, {"001_first.sql": "CREATE TABLE first (a int);\n", "002_long.sql": LONG})
-    proc = start(db, mdir, "migrate", log=tmp_path / "killed.log")
+    proc = start(db.url, mdir, "migrate", log=tmp_path / "killed.log")
     backend = poll(lambda: sleeping_pid(db), "the long migration to run")
     assert advisory_locks(db) == 1
     proc.send_signal(signal.SIGKILL)
@@ -140,13 +92,11 @@ def test_signal_cancels_rolls_back_and_exits_143_or_130(
     write_migrations(mdir, {"001_long.sql": LONG, "002_after.sql": "CREATE TABLE after_long (a int);\n"})
     term = tmp_path / "termination-log"
     log = tmp_path / "term.log"
-    proc = start(db, mdir, "migrate", "--termination-log", str(term), log=log)
+    proc = start(db.url, mdir, "migrate", "--termination-log", str(term), log=log)
     poll(lambda: sleeping_pid(db), "the long migration to run")
-    started = time.monotonic()
     proc.send_signal(signum)
-    result = finished(proc, log, timeout=20)
+    result = finished(proc, log, timeout=20)  # a bound on the wait, not a timed assertion
     assert result.returncode == code
-    assert time.monotonic() - started < 10
     assert result.finished["outcome"] == "interrupted"
     assert result.finished["failed_migration"] == "001_long.sql"
     assert term.read_text().startswith(f"interrupted by {signal.Signals(signum).name}")
@@ -165,7 +115,7 @@ def test_database_restart_mid_run_fails_non_zero_then_a_rerun_completes(
         pytest.skip("needs the server started by the test setup (PGSLUICE_TEST_DSN is external)")
     write_migrations(mdir, {"001_first.sql": "CREATE TABLE first (a int);\n", "002_long.sql": LONG})
     log = tmp_path / "restart.log"
-    proc = start(db, mdir, "migrate", log=log)
+    proc = start(db.url, mdir, "migrate", log=log)
     poll(lambda: sleeping_pid(db), "the long migration to run")
     db.server.handle.restart()
     result = finished(proc, log, timeout=30)
@@ -178,7 +128,6 @@ def test_database_restart_mid_run_fails_non_zero_then_a_rerun_completes(
     rerun = run_cli("migrate", url=db.url, migrations=mdir)
     assert rerun.returncode == 0, rerun.stderr
     assert db.history() == [(1, "first", "applied"), (2, "long", "applied")]
-    assert os.path.exists(log)
 
 
 def test_waits_for_a_database_that_starts_late(mdir: Path, tmp_path: Path) -> None:
@@ -230,7 +179,7 @@ def test_deadlock_victim_migration_is_retried_and_succeeds(db: Database, mdir: P
     other.execute("SET LOCAL deadlock_timeout = '10s'")
     other.execute("LOCK TABLE b IN ACCESS EXCLUSIVE MODE")
     log = tmp_path / "deadlock.log"
-    proc = start(db, mdir, "migrate", "--ddl-retry-delay", "50ms", log=log)
+    proc = start(db.url, mdir, "migrate", "--ddl-retry-delay", "50ms", log=log)
     poll(
         lambda: db.scalar(
             "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"

@@ -6,7 +6,7 @@ import re
 import runpy
 
 from pgsluice.errors import ExitCode
-from tests.conftest import ROOT
+from tests.support.cli import ROOT
 
 
 def test_readme_options_table_matches_the_code() -> None:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, write_migrations
 from tests.e2e.conftest import build
+from tests.support.cli import ROOT, write_migrations
 from tests.support.pgserver import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

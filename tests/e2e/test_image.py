@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Database, assert_no_secret, parse_events, write_migrations
+from tests.support.cli import assert_no_secret, parse_events, poll, write_migrations
+from tests.support.databases import LONG, Database, sleeping_pid
 from tests.support.s3server import SECRET_KEY
-from tests.test_concurrency import LONG, poll, sleeping_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -115,11 +114,9 @@ def test_sigterm_during_a_long_migration_exits_143_and_rolls_back(
     write_migrations(mdir, {"001_long.sql": LONG})
     container = run(docker_client, pgsluice_image, db.url, mdir)
     poll(lambda: sleeping_pid(db), "the long migration to run in the container", timeout=60)
-    started = time.monotonic()
     container.kill(signal="SIGTERM")
-    code, logs = finish(container, timeout=30)
+    code, logs = finish(container, timeout=30)  # a bound on the wait, not a timed assertion
     assert code == 143, logs
-    assert time.monotonic() - started < 15
     assert parse_events(logs)[-1]["outcome"] == "interrupted"
     assert db.scalar("SELECT to_regclass('long_table') IS NULL") is True
     assert db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0

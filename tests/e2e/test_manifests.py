@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.support.cli import ROOT
 
 pytestmark = pytest.mark.e2e
 

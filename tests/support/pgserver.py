@@ -9,7 +9,8 @@ Used as a library by ``tests/conftest.py`` and as a command::
     python tests/support/pgserver.py run -- pgsluice migrate
 
 which starts a server, runs the command with ``DATABASE_URL`` set, stops the
-server and exits with the command's exit code.
+server and exits with the command's exit code; ``start --dir FOLDER`` / ``stop --dir
+FOLDER`` keep one running in between (``scripts/dev-db``).
 """
 
 from __future__ import annotations
@@ -93,11 +94,17 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 class PostgresServer:
     """One PostgreSQL cluster in a temporary folder, listening on 127.0.0.1."""
 
-    def __init__(self, port: int | None = None, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, settings: dict[str, str] | None = None, root: Path | None = None
+    ) -> None:
         self.bindir = find_bindir()
         self.port = port or free_port()
         self.settings = settings or {}
-        self.root = Path(tempfile.mkdtemp(prefix="pgsluice-pg-"))
+        if root is not None:
+            root.mkdir(parents=True)
+            self.root = root.resolve()
+        else:
+            self.root = Path(tempfile.mkdtemp(prefix="pgsluice-pg-"))
         self.datadir = self.root / "data"
         self.logfile = self.root / "server.log"
         self._as_user: list[str] = []
@@ -194,9 +201,44 @@ class PostgresServer:
         self.cleanup()
 
 
+def _keep(folder: Path) -> int:
+    """``start --dir FOLDER``: a server that keeps running (for trying pgsluice by hand); prints its URL."""
+    if (folder / "url").exists():
+        print(f"export DATABASE_URL='{(folder / 'url').read_text().strip()}'")
+        print(f"pgserver: already running in {folder}", file=sys.stderr)
+        return 0
+    server = PostgresServer(root=folder)
+    server.init()
+    server.start()
+    url = server.url()
+    (folder / "url").write_text(url + "\n")
+    (folder / "port").write_text(f"{server.port}\n")
+    print(f"export DATABASE_URL='{url}'")
+    print(f"pgserver: PostgreSQL {server.version} on 127.0.0.1:{server.port}, data in {folder}", file=sys.stderr)
+    print("pgserver: stop it with scripts/dev-db stop", file=sys.stderr)
+    return 0
+
+
+def _drop(folder: Path) -> int:
+    """``stop --dir FOLDER``: stop that server and remove its folder."""
+    if not (folder / "port").exists():
+        print(f"pgserver: nothing runs in {folder}", file=sys.stderr)
+        return 0
+    server = PostgresServer.__new__(PostgresServer)
+    server.bindir = find_bindir()
+    server.root = folder.resolve()
+    server.datadir = server.root / "data"
+    server._as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    server.cleanup()
+    print(f"pgserver: stopped and removed {folder}", file=sys.stderr)
+    return 0
+
+
 def _main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] in ("start", "stop") and argv[1] == "--dir":
+        return _keep(Path(argv[2])) if argv[0] == "start" else _drop(Path(argv[2]))
     if len(argv) < 3 or argv[0] != "run" or argv[1] != "--":
-        print("usage: pgserver.py run -- COMMAND [ARG...]", file=sys.stderr)
+        print("usage: pgserver.py run -- COMMAND [ARG...] | start --dir FOLDER | stop --dir FOLDER", file=sys.stderr)
         return 2
     with PostgresServer() as server:
         env = {**os.environ, "DATABASE_URL": server.url()}
