@@ -8,7 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import Database, assert_no_secret, run_cli, write_migrations
+from tests.support.cli import assert_no_secret, run_cli, write_migrations
+from tests.support.databases import Database
 
 pytestmark = pytest.mark.integration
 
@@ -120,13 +121,13 @@ def test_other_transaction_control_stops_before_anything_runs(db: Database, mdir
     )
     result = run_cli("migrate", url=db.url, migrations=mdir)
     assert result.returncode == 6
-    assert "002_commit.sql line 2: transaction control COMMIT (commit) is not allowed" in result.finished["reason"]
+    assert "002_commit.sql line 2: COMMIT without a BEGIN before it (unbalanced)" in result.finished["reason"]
     assert db.history() == []
     assert db.scalar("SELECT to_regclass('users') IS NULL") is True
 
 
-def test_create_index_concurrently_without_directive_stops_everything(db: Database, mdir: Path) -> None:
-    """No directive: exit 6 before the first migration runs."""
+def test_create_index_concurrently_without_directive_runs_as_psql_runs_it(db: Database, mdir: Path) -> None:
+    """No directive: psql would run it, so pgsluice does, statement by statement, saying it is not atomic."""
     write_migrations(
         mdir,
         {
@@ -135,13 +136,16 @@ def test_create_index_concurrently_without_directive_stops_everything(db: Databa
         },
     )
     result = run_cli("migrate", url=db.url, migrations=mdir)
-    assert result.returncode == 6
-    assert result.finished["reason"] == (
-        "the history does not match the files, nothing was applied: 002_idx.sql line 1: CREATE INDEX CONCURRENTLY "
-        "cannot run inside a transaction block: put it in a migration of its own whose first line is "
-        "'-- pgsluice: no-transaction'"
+    assert result.returncode == 0, result.stderr
+    warning = result.event("plan.warning")
+    assert warning["problem"].startswith(
+        "002_idx.sql line 1: CREATE INDEX CONCURRENTLY cannot run inside a transaction"
     )
-    assert db.scalar("SELECT to_regclass('users') IS NULL") is True
+    assert "-- pgsluice: no-transaction" in warning["hint"]
+    assert db.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_email'::regclass") is True
+    assert db.query("SELECT status, execution FROM pgsluice_history WHERE version = 2") == [
+        ("applied", "no-transaction")
+    ]
 
 
 def test_create_index_concurrently_with_directive(db: Database, mdir: Path) -> None:
@@ -244,7 +248,7 @@ def test_search_path_and_role_do_not_leak_into_the_next_migration(db: Database, 
 def test_custom_history_table_in_its_own_schema(db: Database, mdir: Path) -> None:
     """--history-table ops.schema_history creates the schema and uses it."""
     write_migrations(mdir, {"001_users.sql": USERS})
-    result = run_cli("migrate", url=db.url, migrations=mdir, PGSLUICE_HISTORY_TABLE="ops.schema_history")
+    result = run_cli("migrate", url=db.url, migrations=mdir, env={"PGSLUICE_HISTORY_TABLE": "ops.schema_history"})
     assert result.returncode == 0, result.stderr
     assert db.history("ops.schema_history") == [(1, "users", "applied")]
     assert db.scalar("SELECT to_regclass('public.pgsluice_history') IS NULL") is True
@@ -438,12 +442,12 @@ def test_password_never_appears_in_any_output(db: Database, mdir: Path, tmp_path
     term = tmp_path / "term"
     outputs = []
     for args in (("migrate", "--termination-log", str(term)), ("status",), ("status", "--json"), ("plan",)):
-        result = run_cli(*args, url=db.url, migrations=mdir, PGSLUICE_LOG_LEVEL="debug")
+        result = run_cli(*args, url=db.url, migrations=mdir, env={"PGSLUICE_LOG_LEVEL": "debug"})
         outputs += [result.stdout, result.stderr]
     pw_file = tmp_path / "pw"
     pw_file.write_text("s3cret-Pa55-7f1e\n")
     no_pw_url = db.url.replace(":s3cret-Pa55-7f1e", "")
-    via_file = run_cli("migrate", url=no_pw_url, migrations=mdir, PGPASSWORD_FILE=str(pw_file))
+    via_file = run_cli("migrate", url=no_pw_url, migrations=mdir, env={"PGPASSWORD_FILE": str(pw_file)})
     assert via_file.returncode == 7  # connected with the file's password, then 002 failed
     outputs += [via_file.stdout, via_file.stderr, term.read_text()]
     assert_no_secret(*outputs)

@@ -50,27 +50,33 @@ def test_down_files_are_recognised_and_never_migrations() -> None:
 
 
 def test_non_utf8_and_empty_files_are_errors_with_line() -> None:
-    """Latin-1 bytes name the line; an empty or comment-only file has no statement."""
+    """Latin-1 bytes name the line; a file of whitespace is an error, a file of comments a deliberate no-op."""
     found = discover([("001_a.sql", b"SELECT 1;\nSELECT '\xe9';\n"), ("002_b.sql", b"  \n")])
     messages = sorted(p.message for p in found.problems)
     assert messages == ["001_a.sql line 2: not valid UTF-8 (byte offset 18)", "002_b.sql: the file is empty"]
-    comment_only = discover([("003_c.sql", b"-- TODO\n")]).migrations[0]
-    assert [p.message for p in comment_only.sql_problems()] == ["003_c.sql: has no SQL statement"]
+    comment_only = discover([("003_c.sql", b"-- index already exists\n")]).migrations[0]
+    assert comment_only.sql_problems() == []
+    assert comment_only.execution == "comments only"
 
 
 def test_directive_and_non_transactional_statements() -> None:
-    """CREATE INDEX CONCURRENTLY needs the directive; with it, the file is fine."""
+    """CREATE INDEX CONCURRENTLY runs as psql runs it, with a warning that names the directive; with it, silence."""
     without = discover([("005_idx.sql", b"CREATE INDEX CONCURRENTLY i ON t (a);\n")]).migrations[0]
-    problems = without.sql_problems()
-    assert [p.message for p in problems] == [
-        "005_idx.sql line 1: CREATE INDEX CONCURRENTLY cannot run inside a transaction block"
+    assert without.sql_problems() == []
+    assert without.no_transaction
+    warnings = without.warnings()
+    assert [w.message for w in warnings] == [
+        "005_idx.sql line 1: CREATE INDEX CONCURRENTLY cannot run inside a transaction: the file runs statement "
+        "by statement, as psql runs it, not atomically"
     ]
-    assert "-- pgsluice: no-transaction" in problems[0].hint
+    assert "-- pgsluice: no-transaction" in warnings[0].hint
     with_directive = discover(
         [("005_idx.sql", b"-- pgsluice: no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);\n")]
     ).migrations[0]
     assert with_directive.no_transaction
     assert with_directive.sql_problems() == []
+    assert with_directive.warnings() == []
+    assert with_directive.checksum == without.checksum  # saying so does not change the file
 
 
 def test_unknown_directive_is_an_error() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pgsluice.migrations import Migration, discover
-from pgsluice.plan import APPLIED, STARTED, HistoryRow, State, make_plan
+from pgsluice.plan import State, make_plan
+from pgsluice.records import HistoryRow, RowStatus
 
 NOW = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 
@@ -14,7 +15,9 @@ def files(*names: str) -> tuple[Migration, ...]:
     return discover([(n, f"CREATE TABLE t{i} (a int);".encode()) for i, n in enumerate(names)]).migrations
 
 
-def row(m: Migration, status: str = APPLIED, checksum: str | None = None, sha: str | None = "same") -> HistoryRow:
+def row(
+    m: Migration, status: RowStatus = RowStatus.APPLIED, checksum: str | None = None, sha: str | None = "same"
+) -> HistoryRow:
     return HistoryRow(
         m.version,
         m.name,
@@ -50,7 +53,7 @@ def test_changed_file_is_a_problem_naming_it() -> None:
 def test_missing_file_and_started_row_are_problems() -> None:
     """An applied version without its file, and a half-applied one, both stop the run."""
     a, b, c = files("001_a.sql", "002_b.sql", "003_c.sql")
-    plan = make_plan([a, c], [row(a), row(b), row(c, status=STARTED)])
+    plan = make_plan([a, c], [row(a), row(b), row(c, status=RowStatus.STARTED)])
     assert [(e.version, e.state) for e in plan.entries] == [(1, State.APPLIED), (2, State.MISSING), (3, State.STARTED)]
     assert "restore 002_b.sql" in plan.problems[0].hint
     assert "pgsluice resolve 3 --applied" in plan.problems[1].hint

@@ -6,19 +6,23 @@ may have changed session state), with a single Sync at the end. The whole run co
 round trip, and PostgreSQL's pipeline semantics give exactly what a gate needs: when a
 statement fails, its transaction is aborted and everything after it up to the Sync is
 skipped, so later files never run, while the migrations before it stay committed.
-Each statement has its own cursor, so we know which one failed.
+Each statement has its own cursor, so we know which one failed. A migration with inline
+``COPY … FROM STDIN`` data is the same batch of one, sent without a pipeline (COPY
+needs its own protocol exchange).
 
-A ``no-transaction`` migration runs statement by statement in autocommit, between a
-committed ``started`` row and its ``applied`` update. A file pglast cannot parse is
-sent whole, in its own transaction.
+A ``no-transaction`` migration runs as psql runs it: each ``BEGIN … COMMIT`` block of
+the file in one transaction, each statement outside blocks in autocommit, between a
+committed ``started`` row and its ``applied`` update.
+
+A migration that hit ``lock_timeout`` or a deadlock is rolled back and retried with
+backoff (tenacity), so DDL never waits in the lock queue in front of traffic.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -28,9 +32,17 @@ from psycopg.pq import TransactionStatus
 
 from pgsluice import history
 from pgsluice.config import Config
-from pgsluice.errors import DatabaseUnreachableError, MigrationFailedError
+from pgsluice.errors import (
+    DatabaseUnreachableError,
+    InconsistentError,
+    Location,
+    MigrationFailedError,
+    ServerMessage,
+)
+from pgsluice.events import Event
 from pgsluice.migrations import Migration
-from pgsluice.sql import Statement, line_col
+from pgsluice.report import Report
+from pgsluice.sql import Command, Echo, location_in_source
 
 log = structlog.get_logger("pgsluice.apply")
 
@@ -48,18 +60,10 @@ SESSION_RESET = (
     "DISCARD TEMP",
     "DISCARD SEQUENCES",
 )
-RETRYABLE = (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected)
+RETRYABLE_SQLSTATES = ("55P03", "40P01")  # lock_not_available, deadlock_detected
 CONNECTION_LOST_SQLSTATES = ("57P01", "57P02", "57P03")  # admin/crash shutdown, cannot connect now
-
-
-def _connection_lost(conn: psycopg.Connection[Any], exc: BaseException | None) -> bool:
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    sqlstate = exc.sqlstate or ""
-    return conn.broken or conn.closed or sqlstate.startswith("08") or sqlstate in CONNECTION_LOST_SQLSTATES
-
-
 MAX_RETRY_DELAY_SECONDS = 30.0
+COPY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -86,42 +90,125 @@ def _timeouts(config: Config, local: bool) -> str:
     )
 
 
-def _failure(migration: Migration, exc: psycopg.Error, statement: Statement | None) -> MigrationFailedError:
-    """The error a user can act on: file, line, column, SQLSTATE, server message, detail, hint."""
+def _connection_lost(conn: psycopg.Connection[Any], exc: BaseException) -> bool:
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    sqlstate = exc.sqlstate or ""
+    return conn.broken or conn.closed or sqlstate.startswith("08") or sqlstate in CONNECTION_LOST_SQLSTATES
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, MigrationFailedError) and exc.server.sqlstate in RETRYABLE_SQLSTATES
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """Which attempt this is at the migration in front of the queue."""
+
+    number: int
+    last: bool
+
+
+def _where(migration: Migration, command: Command | None, position: int | None) -> tuple[Location, str]:
+    """The location of a failure, and how the message says it: ``at line 3, column 13`` or
+    ``in the statement at line 7`` (``of lib/x.sql`` when it is in an included file)."""
+    if command is None:
+        return Location(file=migration.filename, version=migration.version), ""
+    piece = command.piece
+    source = piece.origin.source
+    data = migration.files.get(source, migration.content) if source != migration.filename else migration.content
+    of = "" if source == migration.filename else f" of {source}"
+    if position:
+        offset = piece.source_offset(command.offset + position - 1)
+        line, column = location_in_source(data, offset)
+        return Location(migration.filename, migration.version, line, column), f" at line {line}, column {column}{of}"
+    start = len(command.sql) - len(command.sql.lstrip())
+    line, _ = location_in_source(data, piece.source_offset(command.offset + start))
+    return Location(migration.filename, migration.version, line), f" in the statement at line {line}{of}"
+
+
+def _hint_for(migration: Migration, sqlstate: str | None, server_hint: str | None, attempt: _Attempt) -> str:
+    if sqlstate in RETRYABLE_SQLSTATES:
+        return (
+            "a long transaction holds a lock this migration needs; find it in pg_stat_activity, "
+            "or raise --ddl-lock-timeout / --ddl-retries"
+        )
+    if sqlstate == "55P04" and not migration.no_transaction:
+        return (
+            "a new enum value cannot be used in the transaction that added it: put '-- pgsluice: no-transaction' "
+            "on the first line so that each BEGIN … COMMIT block of the file commits on its own, or split the file"
+        )
+    if sqlstate == "25001" and not migration.no_transaction:
+        return (
+            "this statement cannot run inside a transaction block: put '-- pgsluice: no-transaction' on the "
+            "file's first line"
+        )
+    return server_hint or "fix the migration and run again"
+
+
+def _failure(
+    conn: psycopg.Connection[Any],
+    migration: Migration,
+    exc: psycopg.Error,
+    command: Command | None,
+    attempt: _Attempt,
+    *,
+    stage: str = "",
+    left_started: bool = False,
+    invalid_indexes: tuple[str, ...] = (),
+) -> MigrationFailedError | DatabaseUnreachableError:
+    """The error a user can act on, classified and built once: file, line, column, SQLSTATE, the server's
+    message, detail and hint; what was left behind; how many attempts it took."""
     diag = exc.diag
-    primary = diag.message_primary or str(exc).strip()
-    where = ""
-    line: int | None = None
-    column: int | None = None
-    if statement is not None:
-        pos = diag.statement_position
-        if pos:
-            line, column = line_col(migration.text, statement.start + int(pos) - 1)
-            where = f" at line {line}, column {column}"
-        else:
-            line, _ = line_col(migration.text, statement.start + len(statement.text) - len(statement.text.lstrip()))
-            where = f" in the statement at line {line}"
-    message = f"migration {migration.filename} failed{where}: {primary} (SQLSTATE {diag.sqlstate})"
+    primary = diag.message_primary or " ".join(str(exc).split())
+    position = int(diag.statement_position) if diag.statement_position else None
+    location, where = _where(migration, command, position)
+    if _connection_lost(conn, exc):
+        log.error(Event.MIGRATION_CONNECTION_LOST, version=migration.version, file=migration.filename)
+        return DatabaseUnreachableError(
+            f"lost the connection to the database while applying {migration.filename}: {primary}"
+            + (
+                f"; history row {migration.version} stays 'started'"
+                if migration.no_transaction
+                else "; the server rolled the migration back"
+            ),
+            hint="the database restarted or the network failed; run again once it is back",
+            location=location,
+        )
+    step = f" {stage}" if stage else where
+    message = f"migration {migration.filename} failed{step}: {primary} (SQLSTATE {diag.sqlstate})"
     extras = [
         f"detail: {diag.message_detail}" if diag.message_detail else "",
         f"context: {' '.join(diag.context.split())}" if diag.context else "",
     ]
     message += "".join(f"; {e}" for e in extras if e)
-    hint = diag.message_hint or "fix the migration and run again"
-    if not migration.no_transaction:
+    if diag.sqlstate in RETRYABLE_SQLSTATES and attempt.last:
+        message += f" after {attempt.number} attempt(s)"
+    hint = _hint_for(migration, diag.sqlstate, diag.message_hint, attempt)
+    if left_started:
+        message += f"; the migration is half-applied: history row {migration.version} stays 'started'"
+        if invalid_indexes:
+            message += f"; INVALID index left behind: {', '.join(invalid_indexes)}"
+            hint = (
+                f"drop it (DROP INDEX CONCURRENTLY {invalid_indexes[0]}), fix the file, then run "
+                f"'pgsluice resolve {migration.version} --rolled-back' and migrate again"
+            )
+        else:
+            hint = (
+                f"{hint}; undo or finish the statements that ran, then run "
+                f"'pgsluice resolve {migration.version} --rolled-back' (or --applied)"
+            )
+    else:
         message += "; it was rolled back, nothing of it was applied"
-    error = MigrationFailedError(message, hint=hint)
-    error.fields = {
-        "file": migration.filename,
-        "version": migration.version,
-        "line": line,
-        "column": column,
-        "sqlstate": diag.sqlstate,
-        "server_message": primary,
-        "detail": diag.message_detail,
-        "server_hint": diag.message_hint,
-    }
-    return error
+    return MigrationFailedError(
+        message,
+        hint=hint,
+        location=location,
+        server=ServerMessage(diag.sqlstate, primary, diag.message_detail, diag.message_hint, diag.context),
+        invalid_indexes=invalid_indexes,
+        left_started=left_started,
+        attempts=attempt.number,
+    )
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:
@@ -138,38 +225,40 @@ def _record_query(migration: Migration, config: Config) -> Any:
         name=migration.name,
         checksum=migration.checksum,
         file_sha256=migration.file_sha256,
-        execution="transaction",
+        execution=migration.execution,
         hostname=config.hostname,
     )
 
 
-def _apply_unparsed(conn: psycopg.Connection[Any], migration: Migration, config: Config) -> float:
-    """pglast could not parse it (newer syntax?): the server gets the file whole, in one transaction."""
-    started = time.monotonic()
-    try:
-        for query in (migration.analysis.begin_text or "BEGIN", _timeouts(config, local=True)):
-            conn.execute(query)
-        conn.execute(migration.text)
-        conn.execute("SET SESSION AUTHORIZATION DEFAULT")
-        conn.execute(_record_query(migration, config))
-        conn.execute("COMMIT")
-    except psycopg.Error as exc:
-        _rollback(conn)
-        raise _failure(migration, exc, Statement(migration.text, 0, "unparsed")) from exc
-    except BaseException:
-        _rollback(conn)
-        raise
-    for query in SESSION_RESET:
-        conn.execute(query)
-    return time.monotonic() - started
+def _echo(migration: Migration, step: Echo) -> None:
+    log.info(Event.MIGRATION_ECHOED, file=migration.filename, line=step.origin.line, message=step.message)
+
+
+def _copy_chunks(migration: Migration, command: Command) -> Iterator[memoryview]:
+    data = command.copy_data
+    assert data is not None  # noqa: S101 - only called for COPY … FROM STDIN
+    source = migration.content if data.source == migration.filename else migration.files[data.source]
+    view = memoryview(source)
+    for start in range(data.start, data.end, COPY_CHUNK):
+        yield view[start : min(start + COPY_CHUNK, data.end)]
+
+
+def _run(cur: psycopg.Cursor[Any], migration: Migration, command: Command) -> None:
+    """Send one statement (and its inline COPY data) on ``cur``."""
+    if command.copy_data is None:
+        cur.execute(command.sql)
+        return
+    with cur.copy(command.sql) as copy:
+        for chunk in _copy_chunks(migration, command):
+            copy.write(chunk)
 
 
 @dataclass
-class _Queued:
-    """One migration's cursors inside a batch pipeline."""
+class _SentMigration:
+    """One migration's cursors inside a batch."""
 
     migration: Migration
-    statements: list[tuple[Statement, psycopg.Cursor[Any]]]
+    statements: list[tuple[Command, psycopg.Cursor[Any]]] = field(default_factory=list)
     record: psycopg.Cursor[Any] | None = None
     commit: psycopg.Cursor[Any] | None = None
 
@@ -180,222 +269,287 @@ class _Queued:
         row = self.record.fetchone() if self.record is not None and self.record.pgresult is not None else None
         return float(row[0]) if row and row[0] is not None else 0.0
 
+    def failed_at(self, table: str) -> tuple[Command | None, str]:
+        """The statement that failed, or the stage when none did (recording it, or COMMIT)."""
+        for command, cur in self.statements:
+            if cur.pgresult is None:
+                return command, ""
+        if self.record is not None and self.record.pgresult is not None:
+            return None, "at COMMIT"
+        return None, f"while recording it in {table}"
 
-def _queue(conn: psycopg.Connection[Any], queued: _Queued, config: Config) -> None:
-    """Send one migration's commands into the open pipeline, a cursor per statement."""
-    migration = queued.migration
+
+def _send(conn: psycopg.Connection[Any], sent: _SentMigration, config: Config) -> None:
+    """Send one migration's commands: BEGIN, timeouts, statements, history row, COMMIT."""
+    migration = sent.migration
     analysis = migration.analysis
-    for query in (analysis.begin_text or "BEGIN", _timeouts(config, local=True)):
+    for query in (analysis.begin_sql or "BEGIN", _timeouts(config, local=True)):
         conn.execute(query)
-    for statement in analysis.statements:
+    for step in analysis.steps:
+        if isinstance(step, Echo):
+            _echo(migration, step)
+            continue
         cur = conn.cursor()
-        queued.statements.append((statement, cur))
-        cur.execute(statement.text)
+        sent.statements.append((step, cur))  # listed before it is sent: it may fail while it is sent
+        _run(cur, migration, step)
     if not analysis.session_neutral:
         # A migration may have SET ROLE to a role that cannot write the history.
         conn.execute("SET SESSION AUTHORIZATION DEFAULT")
-    queued.record = conn.cursor()
-    queued.record.execute(_record_query(migration, config))
-    queued.commit = conn.cursor()
-    queued.commit.execute("COMMIT")
+    sent.record = conn.cursor()
+    sent.record.execute(_record_query(migration, config))
+    sent.commit = conn.cursor()
+    sent.commit.execute("COMMIT")
     if not analysis.session_neutral:
         for query in SESSION_RESET:
             conn.execute(query)
 
 
-def _apply_batch(
-    conn: psycopg.Connection[Any], batch: list[Migration], config: Config
-) -> tuple[list[tuple[Migration, float]], BaseException | None]:
-    """Send ``batch`` as one pipeline; return the committed migrations (with their server-side
-    durations) and the failure that stopped the rest, if any."""
-    queued: list[_Queued] = []
-    failure: BaseException | None = None
-    try:
-        with conn.pipeline():
-            for migration in batch:
-                # Listed before it is sent: an earlier error can surface while we send it.
-                queued.append(_Queued(migration, []))
-                _queue(conn, queued[-1], config)
-    except BaseException as exc:  # a psycopg error, or Interrupted (psycopg cancelled the query)
-        failure = exc
-    done = [(q.migration, q.duration()) for q in queued if q.committed()]
-    if failure is None:
-        return done, None
-    _rollback(conn)
-    if not isinstance(failure, psycopg.Error):
-        return done, failure
-    failed = next((q for q in queued if not q.committed()), None)
-    if failed is None:  # the error came after the last COMMIT (the session reset)
-        raise failure
-    statement = next((st for st, cur in failed.statements if cur.pgresult is None), None)
-    error = _failure(failed.migration, failure, statement)
-    if statement is None:
-        step = (
-            "at COMMIT"
-            if failed.record is not None and failed.record.pgresult is not None
-            else (f"while recording it in {config.history_table}")
+def _pipelined(migration: Migration) -> bool:
+    return not migration.no_transaction and not migration.analysis.has_copy
+
+
+def _next_batch(queue: list[Migration]) -> list[Migration]:
+    """The migration in front, and the transactional ones after it that can share its pipeline."""
+    head = queue[0]
+    if not _pipelined(head):
+        return [head]
+    batch = [head]
+    for candidate in queue[1:]:
+        if not _pipelined(candidate):
+            break
+        batch.append(candidate)
+    return batch
+
+
+class _Applier:
+    """Applies a queue of migrations, reporting each one as it commits."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        config: Config,
+        report: Report,
+        on_applied: Callable[[AppliedMigration], None],
+    ) -> None:
+        self.conn = conn
+        self.config = config
+        self.report = report
+        self.on_applied = on_applied
+
+    def applied(self, migration: Migration, duration: float, attempts: int) -> None:
+        log.info(
+            Event.MIGRATION_APPLIED,
+            version=migration.version,
+            file=migration.filename,
+            duration_seconds=round(duration, 4),
+            attempts=attempts,
+            execution=str(migration.execution),
         )
-        error.message = error.message.replace(" failed:", f" failed {step}:", 1)
-    error.__cause__ = failure
-    return done, error
+        self.report.record_applied(migration.version)
+        self.on_applied(
+            AppliedMigration(migration.version, migration.filename, duration, attempts, migration.execution)
+        )
 
+    def announce(self, batch: list[Migration]) -> None:
+        if len(batch) == 1:
+            migration = batch[0]
+            log.info(
+                Event.MIGRATION_APPLYING,
+                version=migration.version,
+                file=migration.filename,
+                execution=str(migration.execution),
+            )
+        else:
+            log.info(
+                Event.MIGRATION_APPLYING, versions=[m.version for m in batch], files=len(batch), execution="transaction"
+            )
+        for migration in batch:
+            analysis = migration.analysis
+            if not migration.no_transaction and analysis.merged_blocks and not _wrapped(migration):
+                log.info(
+                    Event.MIGRATION_BLOCKS_MERGED,
+                    file=migration.filename,
+                    blocks=[f"lines {a}-{b}" for a, b in analysis.merged_blocks],
+                    reason="every statement of a transactional migration runs in one transaction with its history row",
+                )
 
-def _invalid_indexes(conn: psycopg.Connection[Any]) -> list[str]:
-    rows = conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid ORDER BY 1").fetchall()
-    return [str(r[0]) for r in rows]
-
-
-def _apply_without_transaction(conn: psycopg.Connection[Any], migration: Migration, config: Config) -> None:
-    table = config.history_table
-    history.insert_started(
-        conn,
-        table,
-        version=migration.version,
-        name=migration.name,
-        checksum=migration.checksum,
-        file_sha256=migration.file_sha256,
-        hostname=config.hostname,
-    )
-    log.info("migration.started_row_written", version=migration.version, file=migration.filename)
-    conn.execute(_timeouts(config, local=False))
-    for statement in migration.analysis.statements:
+    def next(self, queue: list[Migration], attempt: _Attempt) -> None:
+        """Apply from the front of ``queue``, removing each migration as it commits; raise on a failure."""
+        batch = _next_batch(queue)
+        self.report.in_flight = batch[0].filename
+        self.announce(batch)
+        if batch[0].no_transaction:
+            self.without_transaction(batch[0], attempt)
+            queue.pop(0)
+            return
+        sent: list[_SentMigration] = []
+        failure: BaseException | None = None
         try:
-            conn.execute(statement.text)
-        except psycopg.Error as exc:
-            error = _failure(migration, exc, statement)
-            invalid = [] if conn.closed or conn.broken else _invalid_indexes(conn)
-            # Only those this statement names: an older INVALID index elsewhere is not ours to report.
-            invalid = [name for name in invalid if name.rsplit(".", 1)[-1].strip('"') in statement.text]
-            error.message += f"; the migration is half-applied: history row {migration.version} stays 'started'"
-            if invalid:
-                error.message += f"; INVALID index left behind: {', '.join(invalid)}"
-                error.hint = (
-                    f"drop it (DROP INDEX CONCURRENTLY {invalid[0]}), fix the file, then run "
-                    f"'pgsluice resolve {migration.version} --rolled-back' and migrate again"
-                )
-            else:
-                error.hint = (
-                    f"{error.hint}; undo or finish the statements that ran, then run "
-                    f"'pgsluice resolve {migration.version} --rolled-back' (or --applied)"
-                )
-            error.fields["invalid_indexes"] = invalid
-            error.fields["left_started"] = True
-            raise error from exc
-    history.mark_applied(conn, table, migration.version)
-    for query in SESSION_RESET:
-        conn.execute(query)
+            with self.conn.pipeline() if _pipelined(batch[0]) else contextlib.nullcontext():
+                for migration in batch:
+                    sent.append(_SentMigration(migration))  # listed before it is sent: an earlier error surfaces
+                    _send(self.conn, sent[-1], self.config)
+        except BaseException as exc:  # a psycopg error, or Interrupted (psycopg cancelled the query)
+            failure = exc
+        for done in sent:
+            if not done.committed():
+                break
+            queue.pop(0)
+            self.applied(done.migration, done.duration(), attempt.number if done is sent[0] else 1)
+        if failure is None:
+            self.report.in_flight = None
+            return
+        _rollback(self.conn)
+        failed = next((s for s in sent if not s.committed()), None)
+        self.report.in_flight = failed.migration.filename if failed else None
+        if not isinstance(failure, psycopg.Error) or failed is None:
+            raise failure  # Interrupted; or an error after the last COMMIT (the session reset)
+        command, stage = failed.failed_at(str(self.config.history_table))
+        raise _failure(self.conn, failed.migration, failure, command, attempt, stage=stage) from failure
+
+    def without_transaction(self, migration: Migration, attempt: _Attempt) -> None:
+        """psql's way: each block of the file in its own transaction, other statements in autocommit."""
+        conn, config, table = self.conn, self.config, self.config.history_table
+        _history_write(
+            conn,
+            migration,
+            config,
+            "before running it",
+            lambda: history.insert_started(
+                conn,
+                table,
+                version=migration.version,
+                name=migration.name,
+                checksum=migration.checksum,
+                file_sha256=migration.file_sha256,
+                hostname=config.hostname,
+            ),
+        )
+        log.info(Event.MIGRATION_STARTED_ROW_WRITTEN, version=migration.version, file=migration.filename)
+        conn.execute(_timeouts(config, local=False))
+        for block in migration.analysis.blocks:
+            command: Command | None = None
+            try:
+                if block.explicit:
+                    conn.execute(block.begin_sql or "BEGIN")
+                for step in block.steps:
+                    if isinstance(step, Echo):
+                        _echo(migration, step)
+                        continue
+                    command = step
+                    _run(conn.cursor(), migration, step)
+                if block.explicit:
+                    conn.execute("COMMIT")
+            except psycopg.Error as exc:
+                _rollback(conn)
+                lost = _connection_lost(conn, exc)
+                invalid = () if lost else _invalid_indexes(conn, command)
+                raise _failure(
+                    conn, migration, exc, command, attempt, left_started=True, invalid_indexes=invalid
+                ) from exc
+        _history_write(
+            conn, migration, config, "after it ran", lambda: history.mark_applied(conn, table, migration.version)
+        )
+        for query in SESSION_RESET:
+            conn.execute(query)
+        self.applied(migration, 0.0, attempt.number)
 
 
-def _log_applied(migration: Migration, duration: float, attempts: int) -> AppliedMigration:
-    execution = "no-transaction" if migration.no_transaction else "transaction"
-    log.info(
-        "migration.applied",
-        version=migration.version,
-        file=migration.filename,
-        duration_seconds=round(duration, 4),
-        attempts=attempts,
-        execution=execution,
+def _history_write(
+    conn: psycopg.Connection[Any], migration: Migration, config: Config, when: str, write: Callable[[], Any]
+) -> Any:
+    """A history write outside the migration's own transaction (no-transaction files); a history table a
+    migration dropped is a clear error with the way back, not a traceback."""
+    try:
+        return write()
+    except (pgerrors.UndefinedTable, pgerrors.InvalidSchemaName, pgerrors.UndefinedColumn) as exc:
+        raise InconsistentError(
+            f"pgsluice's history table {config.history_table} is gone or changed {when} {migration.filename} "
+            f"({(exc.diag.message_primary or str(exc)).strip()}): a migration dropped, renamed or altered it, so "
+            "nothing can be recorded",
+            hint=f"recreate the history with 'pgsluice baseline {migration.version}' (it records every file up to "
+            f"{migration.version} as applied, which they are), then run migrate again; or restore the table from "
+            "the backup",
+            location=Location(migration.filename, migration.version),
+        ) from exc
+
+
+def _invalid_indexes(conn: psycopg.Connection[Any], command: Command | None) -> tuple[str, ...]:
+    """INVALID indexes the failed statement names: an older INVALID index elsewhere is not ours to report."""
+    if command is None or conn.closed or conn.broken:
+        return ()
+    rows = conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid ORDER BY 1").fetchall()
+    return tuple(str(r[0]) for r in rows if str(r[0]).rsplit(".", 1)[-1].strip('"') in command.sql)
+
+
+def _cause(exc: BaseException | None) -> str:
+    if isinstance(exc, MigrationFailedError):
+        return f"{type(exc.__cause__).__name__} (SQLSTATE {exc.server.sqlstate})"
+    return type(exc).__name__
+
+
+def _wrapped(migration: Migration) -> bool:
+    """One BEGIN … COMMIT block around the whole file: nothing to say about merging."""
+    analysis = migration.analysis
+    if len(analysis.merged_blocks) != 1:
+        return False
+    first, last = analysis.merged_blocks[0]
+    return all(
+        first < c.piece.origin.line < last for c in analysis.commands if c.piece.origin.source == migration.filename
     )
-    return AppliedMigration(migration.version, migration.filename, duration, attempts, execution)
-
-
-def _connection_lost_error(
-    migration: Migration, cause: BaseException, fields: dict[str, Any]
-) -> DatabaseUnreachableError:
-    log.error("migration.connection_lost", version=migration.version, file=migration.filename)
-    lost = DatabaseUnreachableError(
-        f"lost the connection to the database while applying {migration.filename}: {' '.join(str(cause).split())}"
-        + (
-            f"; history row {migration.version} stays 'started'"
-            if migration.no_transaction
-            else "; the server rolled the migration back"
-        ),
-        hint="the database restarted or the network failed; run again once it is back",
-    )
-    lost.fields = fields
-    return lost
 
 
 def apply_plan(
     conn: psycopg.Connection[Any],
-    pending: Sequence[Migration],
+    pending: list[Migration],
     config: Config,
-    on_applied: Callable[[AppliedMigration], None],
-    on_running: Callable[[Migration | None], None] = lambda _m: None,
+    report: Report,
+    on_applied: Callable[[AppliedMigration], None] = lambda _m: None,
 ) -> None:
-    """Apply ``pending`` in order. ``on_applied`` hears of each committed migration as it is known;
-    ``on_running`` of the migration in flight (None when a batch is). Retries a migration that
-    hit lock_timeout or a deadlock; raises MigrationFailedError (7) or DatabaseUnreachableError (3)."""
-    index = 0
-    attempts = {m.version: 0 for m in pending}
-    while index < len(pending):
-        migration = pending[index]
-        attempts[migration.version] += 1
-        try:
-            if migration.no_transaction or migration.analysis.parse_error is not None:
-                on_running(migration)
-                log.info(
-                    "migration.applying",
-                    version=migration.version,
-                    file=migration.filename,
-                    execution="no-transaction" if migration.no_transaction else "transaction",
-                )
-                started = time.monotonic()
-                if migration.no_transaction:
-                    _apply_without_transaction(conn, migration, config)
-                    duration = time.monotonic() - started
-                else:
-                    duration = _apply_unparsed(conn, migration, config)
-                on_applied(_log_applied(migration, duration, attempts[migration.version]))
-                index += 1
-                continue
-            batch: list[Migration] = []
-            for candidate in pending[index:]:
-                if candidate.no_transaction or candidate.analysis.parse_error is not None:
-                    break
-                batch.append(candidate)
-            on_running(batch[0] if len(batch) == 1 else None)
-            log.info(
-                "migration.applying", versions=[m.version for m in batch], files=len(batch), execution="transaction"
-            )
-            done, failure = _apply_batch(conn, batch, config)
-            for applied, duration in done:
-                attempts[applied.version] = max(attempts[applied.version], 1)
-                on_applied(_log_applied(applied, duration, attempts[applied.version]))
-            index += len(done)
-            if failure is not None:
-                on_running(pending[index])
-                raise failure
-        except MigrationFailedError as exc:
-            failed = pending[index]
-            attempts[failed.version] = max(attempts[failed.version], 1)
-            cause = exc.__cause__
-            if _connection_lost(conn, cause):
-                raise _connection_lost_error(failed, cause, exc.fields) from cause  # type: ignore[arg-type]
-            attempt = attempts[failed.version]
-            if failed.no_transaction or not isinstance(cause, RETRYABLE) or attempt > config.ddl_retries:
-                if isinstance(cause, RETRYABLE):
-                    exc.message += f" after {attempt} attempt(s)"
-                    exc.hint = (
-                        "a long transaction holds a lock this migration needs; find it in pg_stat_activity, "
-                        "or raise --ddl-lock-timeout / --ddl-retries"
-                    )
-                log.error(
-                    "migration.failed",
-                    version=failed.version,
-                    file=failed.filename,
-                    attempts=attempt,
-                    **{k: v for k, v in exc.fields.items() if k not in ("version", "file")},
-                )
-                raise
-            delay = min(MAX_RETRY_DELAY_SECONDS, config.ddl_retry_delay_seconds * 2 ** (attempt - 1))
-            delay *= random.uniform(0.5, 1.5)  # noqa: S311 - jitter
+    """Apply ``pending`` in order; each committed migration is recorded in ``report`` as it is known.
+
+    A migration that hit lock_timeout or a deadlock is retried (``--ddl-retries``, backoff from
+    ``--ddl-retry-delay``); raises MigrationFailedError (7), DatabaseUnreachableError (3) or
+    InconsistentError (6)."""
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+    applier = _Applier(conn, config, report, on_applied)
+    queue = list(pending)
+    while queue:
+        head = queue[0]
+
+        def same_head(exc: BaseException, head: Migration = head) -> bool:
+            return _retryable(exc) and bool(queue) and queue[0] is head
+
+        def scheduled(state: Any, head: Migration = head) -> None:
+            cause = state.outcome.exception() if state.outcome else None
             log.warning(
-                "migration.retry_scheduled",
-                version=failed.version,
-                file=failed.filename,
-                retry_num=attempt,
-                wait_seconds=round(delay, 3),
-                cause=f"{type(cause).__name__} (SQLSTATE {getattr(cause, 'sqlstate', None)})",
+                Event.MIGRATION_RETRY_SCHEDULED,
+                version=head.version,
+                file=head.filename,
+                retry_num=state.attempt_number,
+                wait_seconds=round(state.upcoming_sleep, 3),
+                cause=_cause(cause),
             )
-            time.sleep(delay)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(config.ddl_retries + 1),
+            wait=wait_exponential_jitter(
+                initial=config.ddl_retry_delay_seconds,
+                max=MAX_RETRY_DELAY_SECONDS,
+                jitter=config.ddl_retry_delay_seconds,
+            ),
+            retry=retry_if_exception(same_head),
+            before_sleep=scheduled,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    applier.next(queue, _Attempt(number, last=number > config.ddl_retries))
+        except MigrationFailedError as exc:
+            if _retryable(exc) and queue and queue[0] is not head:
+                continue  # later migrations committed before this one failed: it gets retries of its own
+            log.error(Event.MIGRATION_FAILED, **exc.report_fields())
+            raise

@@ -14,26 +14,15 @@ from typing import Any, NoReturn
 import structlog
 
 from pgsluice import __version__
-from pgsluice.config import COMMANDS, OPTIONS, Config, load_config
-from pgsluice.errors import ConfigError, ExitCode, Interrupted, InterruptedRunError, PgsluiceError
+from pgsluice.config import OPTIONS, Config, load_config, termination_log_of
+from pgsluice.errors import ConfigError, ExitCode, Interrupted, PgsluiceError
+from pgsluice.events import Event
 from pgsluice.log import configure_logging
+from pgsluice.options import COMMANDS
 from pgsluice.redact import Redactor
 from pgsluice.report import Report, finish
 
 log = structlog.get_logger("pgsluice.cli")
-
-HELP = {
-    "migrate": "wait, lock, plan, back up, apply pending migrations (the default)",
-    "status": "every migration with its state",
-    "plan": "what migrate would run, with every check; changes nothing",
-    "baseline": "record every file up to VERSION as applied without running it",
-    "resolve": "settle a half-applied no-transaction migration",
-    "new": "create the next numbered migration file",
-    "lint": "check the migrations folder offline",
-    "backup": "take a backup now",
-    "backups": "list the complete backups",
-    "restore": "restore a backup into a target database",
-}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,73 +30,67 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
 
 
+def _add_command_arguments(command: str, sub: argparse.ArgumentParser) -> None:
+    """The positional arguments and switches of ``command``: not settings, so no environment variable."""
+    if command in ("status", "plan", "backups"):
+        sub.add_argument("--json", dest="json_output", action="store_true", help="print JSON on stdout")
+    if command == "status":
+        sub.add_argument(
+            "--exit-code",
+            dest="state_as_exit_code",
+            action="store_true",
+            help="exit 9 when anything is pending, 6 when files and history disagree",
+        )
+    if command in ("baseline", "resolve"):
+        sub.add_argument("version", type=int, metavar="VERSION")
+    if command == "resolve":
+        group = sub.add_mutually_exclusive_group(required=True)
+        group.add_argument(
+            "--applied",
+            dest="resolve_as",
+            action="store_const",
+            const="applied",
+            help="it did complete: mark it applied",
+        )
+        group.add_argument(
+            "--rolled-back",
+            dest="resolve_as",
+            action="store_const",
+            const="rolled-back",
+            help="it was undone: forget it, so migrate runs it again",
+        )
+    if command == "new":
+        sub.add_argument("name", metavar="NAME", help="lowercase words joined by underscores")
+    if command == "restore":
+        sub.add_argument("backup_id", metavar="ID", help="a backup id from 'pgsluice backups'")
+        sub.add_argument("--clean", action="store_true", help="allow restoring into a non-empty database")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: one sub-command each, options from config.OPTIONS."""
+    """The command line: one sub-command each, its options from config.OPTIONS."""
     parser = _Parser(prog="pgsluice", description="One-shot PostgreSQL migration job that gates a rollout.")
     parser.add_argument("--version", action="version", version=f"pgsluice {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for command in COMMANDS:
-        sub = subs.add_parser(command, help=HELP[command], description=HELP[command])
+    for command, about in COMMANDS.items():
+        sub = subs.add_parser(command, help=about, description=about)
         for opt in OPTIONS:
             if command not in opt.commands:
                 continue
-            env = f" [env {opt.env}]" if opt.env else ""
+            env = f" [env {opt.env or (opt.env_prefix or '') + '<name>'}]"
             if opt.boolean:
-                sub.add_argument(
-                    opt.flag,
-                    dest=opt.dest,
-                    action=argparse.BooleanOptionalAction,
-                    default=None,
-                    help=f"{opt.help}{env}",
-                )
-            else:
-                unit = f" ({opt.unit})" if opt.unit else ""
-                sub.add_argument(
-                    opt.flag,
-                    dest=opt.dest,
-                    default=None,
-                    metavar=opt.dest.upper().removesuffix("_SECONDS").removesuffix("_BYTES"),
-                    help=f"{opt.help}{unit}{env}",
-                )
-        if command in ("status", "plan", "backups"):
-            sub.add_argument("--json", dest="json_output", action="store_true", help="print JSON on stdout")
-        if command == "status":
+                action: Any = argparse.BooleanOptionalAction
+                sub.add_argument(opt.flag, dest=opt.name, action=action, default=None, help=f"{opt.help}{env}")
+                continue
+            unit = f" ({opt.unit})" if opt.unit else ""
             sub.add_argument(
-                "--exit-code",
-                dest="exit_code",
-                action="store_true",
-                help="exit 9 when anything is pending, 6 when files and history disagree",
+                opt.flag,
+                dest=opt.name,
+                default=None,
+                action="append" if opt.repeatable else "store",
+                metavar=opt.metavar,
+                help=f"{opt.help}{unit}{env}",
             )
-        if command in ("baseline", "resolve"):
-            sub.add_argument("version", type=int, metavar="VERSION")
-        if command == "resolve":
-            group = sub.add_mutually_exclusive_group(required=True)
-            group.add_argument(
-                "--applied",
-                dest="resolve_as",
-                action="store_const",
-                const="applied",
-                help="it did complete: mark it applied",
-            )
-            group.add_argument(
-                "--rolled-back",
-                dest="resolve_as",
-                action="store_const",
-                const="rolled-back",
-                help="it was undone: forget it, so migrate runs it again",
-            )
-        if command == "new":
-            sub.add_argument("name", metavar="NAME", help="lowercase words joined by underscores")
-        if command == "restore":
-            sub.add_argument("backup_id", metavar="ID", help="a backup id from 'pgsluice backups'")
-            sub.add_argument(
-                "--target-database",
-                dest="target_database_url",
-                required=True,
-                metavar="URL",
-                help="the database to restore into",
-            )
-            sub.add_argument("--clean", action="store_true", help="allow restoring into a non-empty database")
+        _add_command_arguments(command, sub)
     return parser
 
 
@@ -136,13 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace = build_parser().parse_args(_with_default_command(args))
         config = load_config(vars(namespace))
     except ConfigError as exc:
-        configure_logging("auto", "info", Redactor())
-        finish(report, exc.exit_code, str(exc), Redactor(), None)
+        # The configuration is what failed: log and write the termination message as far as we can tell where.
+        env_format = os.environ.get("PGSLUICE_LOG_FORMAT", "auto").lower()
+        configure_logging(env_format if env_format in ("json", "console") else "auto", "info", Redactor())
+        finish(report, exc.exit_code, str(exc), Redactor(), termination_log_of(args))
         return int(exc.exit_code)
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
 
     configure_logging(config.log_format, config.log_level, config.redactor)
+    for warning in config.warnings:
+        log.warning(Event.CONFIG_WARNING, warning=warning)
     report.command = config.command
     _install_signal_handlers()
     code, reason = _run(config, report)
@@ -156,15 +143,12 @@ def _run(config: Config, report: Report) -> tuple[ExitCode, str | None]:
     try:
         return dispatch(config, report), None
     except Interrupted as exc:
-        error = InterruptedRunError(exc.signum)
-        return error.exit_code, str(error)
+        return exc.exit_code, exc.reason()
     except PgsluiceError as exc:
-        report.details.update({k: v for k, v in exc.fields.items() if v is not None})
-        if report.failed_migration is None:
-            report.failed_migration = exc.fields.get("file")
+        report.details.update(exc.report_fields())
         return exc.exit_code, str(exc)
     except Exception as exc:
-        log.exception("run.crashed")
+        log.exception(Event.RUN_CRASHED)
         return ExitCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 

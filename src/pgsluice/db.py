@@ -1,4 +1,10 @@
-"""connect(config): one place that opens connections, with keepalives and timeouts."""
+"""connect(config): one place that opens connections, with keepalives and timeouts.
+
+No startup parameter beyond libpq's basics is sent: a connection pooler (PgBouncer, RDS
+Proxy, Supabase's) refuses unknown ones such as ``options``. The server-side settings
+pgsluice wants are set with one statement right after connecting, which is also the
+health check of the wait step.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import psycopg
 
 from pgsluice import __version__
 from pgsluice.config import Config
-from pgsluice.errors import AuthenticationError
+from pgsluice.errors import AuthenticationError, ConfigError
 
 APPLICATION_NAME = "pgsluice"
 
@@ -28,26 +34,48 @@ _PERMANENT = re.compile(
     r"|fe_sendauth"
     r"|server does not support SSL, but SSL was required"
     r"|certificate verify failed"
+    r"|does not match host name"
+    r"|certificate is not yet valid|certificate has expired"
+    r"|could not (?:read|load|open) (?:root )?certificate"
+    r"|root certificate file .* does not exist"
+    r"|SSL error: (?:certificate|unsupported|wrong version|tlsv1 alert)"
     r"|invalid (?:integer value|value for parameter|sslmode value|connection option|URI)",
     re.IGNORECASE,
 )
+_STARTUP_PARAMETER = re.compile(r"unsupported startup parameter(?: in options)?:\s*(?P<name>[\w.-]+)", re.IGNORECASE)
+_TLS = re.compile(r"certificate|SSL", re.IGNORECASE)
 
-
-def is_permanent_connect_error(exc: BaseException) -> bool:
-    """True for failures that retrying cannot fix: credentials, role, database, pg_hba."""
-    if isinstance(exc, psycopg.OperationalError):
-        return bool(_PERMANENT.search(str(exc)))
-    return isinstance(exc, psycopg.ProgrammingError)
-
-
-# Server-side settings of every session. The server must notice a vanished
-# pgsluice quickly: an idle lock session by TCP keepalive, a running migration by
-# client_connection_check_interval (PostgreSQL 14+), so that a killed runner's
-# lock and transaction go in seconds, not hours.
-SESSION_OPTIONS = (
-    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
-    " -c client_connection_check_interval=1000"
+# Server-side settings of every session. The server must notice a vanished pgsluice
+# quickly: an idle lock session by TCP keepalive, a running migration by
+# client_connection_check_interval (PostgreSQL 14+), so that a killed runner's lock and
+# transaction go in seconds, not hours. Set after connecting, never as a startup
+# parameter; the statement is also the wait step's health check.
+SESSION_SETTINGS = (
+    "SELECT set_config('tcp_keepalives_idle', '10', false), set_config('tcp_keepalives_interval', '5', false),"
+    " set_config('tcp_keepalives_count', '3', false), set_config('client_connection_check_interval', '1000', false)"
 )
+
+
+def classify_connect_error(exc: psycopg.OperationalError, config: Config) -> Exception | None:
+    """The permanent error a failed connection attempt means, or None when it may heal by waiting."""
+    text = describe_connect_error(exc, config)
+    startup = _STARTUP_PARAMETER.search(text)
+    if startup:
+        return ConfigError(
+            f"the server refused the startup parameter {startup['name']!r}: {text}",
+            hint="a connection pooler (PgBouncer) accepts only some startup parameters: remove it from the URL "
+            "(options=…) and PGOPTIONS, or add it to the pooler's ignore_startup_parameters",
+        )
+    if _PERMANENT.search(text):
+        if _TLS.search(text) and "password" not in text.lower():
+            hint = (
+                "the server's certificate was not accepted: check sslrootcert (the CA that signed it) and that the "
+                "host name in the URL is one the certificate names; retrying will not help"
+            )
+        else:
+            hint = "check the user, password, database name and pg_hba.conf; retrying will not help"
+        return AuthenticationError(f"the database refused the connection: {text}", hint=hint)
+    return None
 
 
 def connect_kwargs(config: Config, purpose: str) -> dict[str, Any]:
@@ -60,7 +88,6 @@ def connect_kwargs(config: Config, purpose: str) -> dict[str, Any]:
         "keepalives_idle": 10,
         "keepalives_interval": 5,
         "keepalives_count": 3,
-        "options": f"{config.pg_options} {SESSION_OPTIONS}".strip(),
         # In a SQL_ASCII database psycopg would return text as bytes; ask for UTF-8.
         "client_encoding": "UTF8",
         "autocommit": True,
@@ -71,16 +98,23 @@ def connect_kwargs(config: Config, purpose: str) -> dict[str, Any]:
 
 
 def connect(config: Config, purpose: str) -> psycopg.Connection[Any]:
-    """Open a connection for ``purpose`` (lock, apply, history…); errors are redacted."""
+    """Open a connection for ``purpose`` (lock, apply, history…) with pgsluice's session settings.
+
+    Raises AuthenticationError or ConfigError for what waiting cannot heal, psycopg's
+    OperationalError for the rest; messages are redacted."""
     try:
-        return psycopg.connect(config.database_url, **connect_kwargs(config, purpose))
+        conn = psycopg.connect(config.database_url, **connect_kwargs(config, purpose))
     except psycopg.OperationalError as exc:
-        if is_permanent_connect_error(exc):
-            raise AuthenticationError(
-                f"the database refused the connection: {describe_connect_error(exc, config)}",
-                hint="check the user, password, database name and pg_hba.conf; retrying will not help",
-            ) from None
+        permanent = classify_connect_error(exc, config)
+        if permanent is not None:
+            raise permanent from exc
         raise
+    try:
+        conn.execute(SESSION_SETTINGS)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def describe_connect_error(exc: BaseException, config: Config) -> str:
@@ -89,7 +123,7 @@ def describe_connect_error(exc: BaseException, config: Config) -> str:
     return config.redactor(text)
 
 
-def server_target(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+def server_facts(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Where we are connected, for logs: never the password."""
     info = conn.info
     return {

@@ -1,4 +1,4 @@
-"""advisory_lock(): a session advisory lock, tried with pg_try_advisory_lock to a deadline.
+"""acquire_advisory_lock(): a session advisory lock, tried with pg_try_advisory_lock to a deadline.
 
 Never a blocking ``pg_advisory_lock``: a session waiting in it counts as a running
 transaction, and ``CREATE INDEX CONCURRENTLY`` run by the holder waits for it forever.
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -20,13 +18,14 @@ import structlog
 from psycopg import sql
 
 from pgsluice.errors import LockTimeoutError
+from pgsluice.events import Event
 
 log = structlog.get_logger("pgsluice.lock")
 
 HOLDER_LOG_INTERVAL_SECONDS = 10.0
 
 _HOLDER_SQL = """
-SELECT a.pid, a.application_name, host(a.client_addr) AS client_addr,
+SELECT a.pid, a.application_name, host(a.client_addr) AS client_addr, a.client_port,
        a.backend_start, a.state, a.usename
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted
@@ -50,7 +49,7 @@ def describe_holder(conn: psycopg.Connection[Any], key: int) -> dict[str, Any]:
     row = conn.execute(_HOLDER_SQL, _key_parts(key)).fetchone()
     if row is None:
         return {}
-    pid, app, addr, since, state, user = row
+    pid, app, addr, port, since, state, user = row
     return {
         "holder_pid": pid,
         "holder_application_name": app,
@@ -58,17 +57,26 @@ def describe_holder(conn: psycopg.Connection[Any], key: int) -> dict[str, Any]:
         "holder_since": since.isoformat() if since else None,
         "holder_state": state,
         "holder_user": user,
+        "holder_connection": _connection_kind(addr, port),
     }
 
 
-@contextmanager
-def advisory_lock(
-    conn: psycopg.Connection[Any], key: int, timeout_seconds: float, poll_max_seconds: float = 0.05
-) -> Iterator[float]:
-    """Hold the session lock ``key`` on ``conn`` for the block; yields the seconds waited.
+def _connection_kind(addr: str | None, port: int | None) -> str:
+    """How the holder is connected, as far as this role may see (pg_stat_activity hides other roles' sessions)."""
+    if addr:
+        return f"from {addr}"
+    if port == -1:
+        return "over a local socket"
+    return "from an address hidden from this role (grant it pg_read_all_stats to see it)"
 
-    Raises LockTimeoutError naming the holder when the deadline passes. Released in
-    ``finally``; if this process dies, the server releases it with the session.
+
+def acquire_advisory_lock(
+    conn: psycopg.Connection[Any], key: int, timeout_seconds: float, poll_max_seconds: float
+) -> float:
+    """Take the session lock ``key`` on ``conn``; returns the seconds waited.
+
+    Raises LockTimeoutError naming the holder when the deadline passes. If this process
+    dies, the server releases the lock with the session.
     """
     started = time.monotonic()
     deadline = started + timeout_seconds
@@ -86,11 +94,11 @@ def advisory_lock(
             raise LockTimeoutError(
                 f"advisory lock {key} still held after {timeout_seconds:.0f}s by pid "
                 f"{holder.get('holder_pid', '?')} ({holder.get('holder_application_name', '?')}, "
-                f"from {holder.get('holder_client_addr') or 'local socket'})",
+                f"{holder.get('holder_connection', 'connection unknown')})",
                 hint="another migration is running; wait for it, or raise --lock-timeout",
             )
         if last_logged is None or now - last_logged >= HOLDER_LOG_INTERVAL_SECONDS:
-            log.info("lock.waiting", key=key, waited_seconds=round(now - started, 3), **describe_holder(conn, key))
+            log.info(Event.LOCK_WAITING, key=key, waited_seconds=round(now - started, 3), **describe_holder(conn, key))
             last_logged = now
         if not listening:
             conn.execute(sql.SQL("LISTEN {}").format(channel))
@@ -103,15 +111,18 @@ def advisory_lock(
     if listening:
         conn.execute(sql.SQL("UNLISTEN {}").format(channel))
     waited = time.monotonic() - started
-    log.info("lock.acquired", key=key, wait_seconds=round(waited, 3))
+    log.info(Event.LOCK_ACQUIRED, key=key, wait_seconds=round(waited, 3))
+    return waited
+
+
+def release_advisory_lock(conn: psycopg.Connection[Any], key: int) -> None:
+    """Release lock ``key`` and wake the next runner; a session that is gone took the lock with it."""
     try:
-        yield waited
-    finally:
-        try:
-            if not conn.closed:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                conn.execute(sql.SQL("NOTIFY {}").format(channel))  # after the unlock: wake the next runner
-                log.info("lock.released", key=key)
-        except psycopg.Error:
-            # The session is gone, and the lock with it.
-            log.info("lock.released", key=key, by="session end")
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(channel_name(key))))  # after the unlock
+            log.info(Event.LOCK_RELEASED, key=key)
+            return
+    except psycopg.Error:
+        pass
+    log.info(Event.LOCK_RELEASED, key=key, by="session end")

@@ -1,36 +1,44 @@
-"""discover(files) → migrations: names, versions, directives, checksums. No I/O, no database.
+"""discover(folder) → migrations: names, versions, directives, checksums. No I/O, no database.
 
 The folder is read by ``source.read_folder``; this module only judges what it read.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from pgsluice.sql import Analysis, analyze, line_col
+from pgsluice.problems import Problem
+from pgsluice.records import Execution
+from pgsluice.script import include_targets
+from pgsluice.source import FolderContent
+from pgsluice.sql import ALLOW_UNPARSED, Analysis, SqlIssue, analyze
 
 FILE_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[a-z0-9_]+?)(?P<down>\.down)?\.sql$")
 DIRECTIVE = re.compile(r"^--\s*pgsluice:\s*(?P<value>.*?)\s*$")
-KNOWN_DIRECTIVES = ("no-transaction",)
+ALLOW = re.compile(r"^allow\s+(?P<rule>[a-z0-9-]+)\s*(?:--\s*(?P<reason>.*))?$", re.IGNORECASE)
+KNOWN_DIRECTIVES = ("no-transaction", "allow <rule-id> -- <reason>")
 _ROLLBACK_WORDS = re.compile(r"rollback|revert|undo|down")
+_BOM = b"\xef\xbb\xbf"
+TEMPLATE_MARK = "by pgsluice new."
+"""In the header 'pgsluice new' writes: a file of comments only that still has it was never written."""
 
 
 @dataclass(frozen=True)
-class Problem:
-    """Something wrong with the files that stops a run before anything is applied."""
+class Directives:
+    """What a file's leading ``-- pgsluice:`` comments ask for."""
 
-    message: str
-    hint: str
-    filename: str | None = None
-    line: int | None = None
-    version: int | None = None
+    no_transaction: bool = False
+    allows: tuple[tuple[str, str], ...] = ()
+    """``(rule id, reason)`` for each ``-- pgsluice: allow <rule-id> -- <reason>``."""
 
-    def __str__(self) -> str:
-        return f"{self.message}: {self.hint}" if self.hint else self.message
+    def allowed(self, rule: str) -> str | None:
+        """The reason given for accepting ``rule`` in this file, or None."""
+        return next((reason for allowed, reason in self.allows if allowed == rule), None)
 
 
 @dataclass(frozen=True)
@@ -40,99 +48,102 @@ class Migration:
     version: int
     name: str
     filename: str
-    text: str
-    no_transaction: bool = False
+    content: bytes = field(repr=False, compare=False)
+    files: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    """Every file of the folder it may include."""
+    directives: Directives = field(default_factory=Directives)
     down_filename: str | None = None
     file_sha256: str = field(default="", compare=False)
+    variables: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @cached_property
     def analysis(self) -> Analysis:
-        """The parser's view of the file, computed on first use (a no-op run never needs it)."""
-        return analyze(self.text, no_transaction=self.no_transaction)
+        """The file as psql would run it, computed on first use (a no-op run never needs it).
+
+        A file with a statement PostgreSQL refuses inside a transaction block (CREATE INDEX
+        CONCURRENTLY…) runs as psql runs it, statement by statement, even without the
+        ``no-transaction`` directive: its checksum is the same either way."""
+        sources = {**self.files, self.filename: self.content}
+        variables = dict(self.variables)
+        found = analyze(self.filename, sources, variables=variables, no_transaction=self.directives.no_transaction)
+        if not self.directives.no_transaction and found.non_transactional:
+            return analyze(self.filename, sources, variables=variables, no_transaction=True)
+        return found
+
+    @property
+    def no_transaction(self) -> bool:
+        """Runs statement by statement (the directive, or a statement that cannot run in a transaction)."""
+        return self.directives.no_transaction or bool(self.analysis.non_transactional)
 
     @property
     def checksum(self) -> str:
         """The token-stream checksum stored in the history table."""
         return self.analysis.checksum
 
-    def sql_problems(self) -> list[Problem]:
-        """What stops this file from being applied: transaction control, missing directive, psql-only syntax."""
-        problems: list[Problem] = []
+    @property
+    def execution(self) -> Execution:
+        """How it runs, as the history's ``execution`` column says: transaction, no-transaction, comments only."""
+        if self.analysis.comment_only:
+            return Execution.COMMENTS_ONLY
+        return Execution.NO_TRANSACTION if self.no_transaction else Execution.TRANSACTION
+
+    def _problem(self, issue: SqlIssue, message: str | None = None, hint: str | None = None) -> Problem:
+        where = issue.origin.source
+        prefix = f"{self.filename}" if where == self.filename else f"{self.filename} (in {where})"
+        return Problem(
+            f"{prefix} line {issue.origin.line}: {message or issue.message}",
+            hint if hint is not None else issue.hint,
+            filename=self.filename,
+            line=issue.origin.line,
+            version=self.version,
+        )
+
+    def sql_problems(self, *, strict_syntax: bool = False) -> list[Problem]:
+        """What stops this file from being applied: transaction control, psql-only commands, undefined
+        variables; with ``strict_syntax`` (lint) also SQL pgsluice's parser cannot parse, unless allowed."""
         analysis = self.analysis
-        if analysis.parse_error is None and not analysis.statements:
+        problems = [self._problem(issue) for issue in analysis.errors]
+        if analysis.comment_only and TEMPLATE_MARK.encode() in self.content:
             problems.append(
                 Problem(
-                    f"{self.filename}: has no SQL statement",
-                    "write the migration's SQL, or delete the file",
-                    self.filename,
-                    None,
-                    self.version,
+                    f"{self.filename}: has no SQL statement: it is still the template 'pgsluice new' wrote",
+                    "write the migration's SQL, or delete the file (a file of comments only is a deliberate "
+                    "no-op: remove the 'Created … by pgsluice new.' line to keep it as one)",
+                    filename=self.filename,
+                    version=self.version,
                 )
             )
-        for issue in analysis.unsupported:
-            line, _ = line_col(self.text, issue.offset)
-            problems.append(
-                Problem(
-                    f"{self.filename} line {line}: {issue.message}",
-                    "rewrite it as plain SQL",
-                    self.filename,
-                    line,
-                    self.version,
-                )
-            )
-        if analysis.parse_error is not None:
-            return problems  # the server will judge it; warnings() says so
-        for issue in analysis.forbidden_transaction_control:
-            line, _ = line_col(self.text, issue.offset)
-            problems.append(
-                Problem(
-                    f"{self.filename} line {line}: transaction control {issue.message} is not allowed",
-                    "pgsluice runs each migration in its own transaction; wrap the whole file in one "
-                    "BEGIN; … COMMIT; or use none, and split the rest into separate migrations",
-                    self.filename,
-                    line,
-                    self.version,
-                )
-            )
-        if self.no_transaction and analysis.wrapped:
-            problems.append(
-                Problem(
-                    f"{self.filename}: has the no-transaction directive but is wrapped in BEGIN; … COMMIT;",
-                    "remove the directive or the wrapper",
-                    self.filename,
-                    1,
-                    self.version,
-                )
-            )
-        if not self.no_transaction:
-            for issue in analysis.non_transactional:
-                line, _ = line_col(self.text, issue.offset)
-                problems.append(
-                    Problem(
-                        f"{self.filename} line {line}: {issue.message} cannot run inside a transaction block",
-                        "put it in a migration of its own whose first line is '-- pgsluice: no-transaction'",
-                        self.filename,
-                        line,
-                        self.version,
-                    )
-                )
+        if strict_syntax and not self.directives.allowed(ALLOW_UNPARSED):
+            problems += [self._problem(issue) for issue in analysis.parse_errors]
         return problems
 
-    def warnings(self) -> list[Problem]:
+    def warnings(self, *, strict_syntax: bool = False) -> list[Problem]:
         """What is worth saying but does not stop the run."""
-        error = self.analysis.parse_error
-        if error is None:
-            return []
-        line, col = line_col(self.text, error.offset)
-        return [
-            Problem(
-                f"{self.filename} line {line}, column {col}: pgsluice's parser cannot parse it ({error.message})",
-                "it will be sent to the server whole, in one transaction, and the server will judge it",
-                self.filename,
-                line,
-                self.version,
+        analysis = self.analysis
+        found: list[Problem] = []
+        if not strict_syntax or self.directives.allowed(ALLOW_UNPARSED):
+            found += [
+                self._problem(
+                    issue,
+                    hint="it is sent to the server as written, and the server judges it",
+                )
+                for issue in analysis.parse_errors
+            ]
+        if analysis.non_transactional and not self.directives.no_transaction:
+            first = analysis.non_transactional[0]
+            found.append(
+                self._problem(
+                    first,
+                    message=f"{first.message} cannot run inside a transaction: the file runs statement by statement, "
+                    "as psql runs it, not atomically",
+                    hint="say so in the file with a first line '-- pgsluice: no-transaction'",
+                )
             )
-        ]
+        return found
+
+    def lint_notes(self) -> list[Problem]:
+        """Meta-commands pgsluice ignores, for ``lint``."""
+        return [self._problem(issue) for issue in self.analysis.ignored]
 
 
 @dataclass(frozen=True)
@@ -144,8 +155,9 @@ class Discovery:
     warnings: tuple[Problem, ...]
 
 
-def _directives(text: str, filename: str) -> tuple[set[str], list[Problem]]:
-    found: set[str] = set()
+def _directives(text: str, filename: str) -> tuple[Directives, list[Problem]]:
+    no_transaction = False
+    allows: list[tuple[str, str]] = []
     problems: list[Problem] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -154,30 +166,73 @@ def _directives(text: str, filename: str) -> tuple[set[str], list[Problem]]:
         if not stripped.startswith("--"):
             break  # directives live in the leading comment block only
         match = DIRECTIVE.match(stripped)
-        if match:
-            value = match["value"].lower()
-            if value in KNOWN_DIRECTIVES:
-                found.add(value)
-            else:
-                problems.append(
-                    Problem(
-                        f"{filename} line {number}: unknown directive {match['value']!r}",
-                        f"known directives: {', '.join(KNOWN_DIRECTIVES)}",
-                        filename,
-                        number,
-                    )
+        if not match:
+            continue
+        value = match["value"]
+        allow = ALLOW.match(value)
+        if value.lower() == Execution.NO_TRANSACTION:
+            no_transaction = True
+        elif allow and (allow["reason"] or "").strip():
+            allows.append((allow["rule"].lower(), allow["reason"].strip()))
+        elif allow:
+            problems.append(
+                Problem(
+                    f"{filename} line {number}: 'allow {allow['rule']}' gives no reason",
+                    f"write why: -- pgsluice: allow {allow['rule']} -- <reason>",
+                    filename=filename,
+                    line=number,
                 )
-    return found, problems
+            )
+        else:
+            problems.append(
+                Problem(
+                    f"{filename} line {number}: unknown directive {value!r}",
+                    f"known directives: {', '.join(KNOWN_DIRECTIVES)}",
+                    filename=filename,
+                    line=number,
+                )
+            )
+    return Directives(no_transaction, tuple(allows)), problems
 
 
-def discover(files: Iterable[tuple[str, bytes]]) -> Discovery:
-    """Judge the ``(file name, content)`` pairs of a migrations folder."""
-    problems: list[Problem] = []
-    by_version: dict[int, list[tuple[str, str]]] = {}
+def _utf8_problem(filename: str, content: bytes, version: int) -> Problem | None:
+    """Checked in 1 MiB steps, so a large data file is never held twice."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(content)
+    step = 1024 * 1024
+    for start in range(0, len(content) or 1, step):
+        try:
+            decoder.decode(view[start : start + step], final=start + step >= len(content))
+        except UnicodeDecodeError as exc:
+            offset = start + exc.start
+            line = content.count(b"\n", 0, offset) + 1
+            return Problem(
+                f"{filename} line {line}: not valid UTF-8 (byte offset {offset})",
+                "re-save the file as UTF-8",
+                filename=filename,
+                line=line,
+                version=version,
+            )
+    return None
+
+
+def _sha256(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def discover(
+    folder: FolderContent | Iterable[tuple[str, bytes]], variables: Mapping[str, str] | None = None
+) -> Discovery:
+    """Judge the ``.sql`` files of a migrations folder (or of ``(name, bytes)`` pairs)."""
+    if not isinstance(folder, FolderContent):
+        folder = FolderContent.of(folder)
+    problems: list[Problem] = list(folder.problems)
+    by_version: dict[int, list[str]] = {}
     downs: dict[int, str] = {}
-    for filename, content in sorted(files):
-        if not filename.endswith(".sql"):
-            continue  # README.md, info.md and friends
+    for filename in folder.names:
         match = FILE_NAME.match(filename)
         if match is None:
             problems.append(
@@ -185,36 +240,22 @@ def discover(files: Iterable[tuple[str, bytes]]) -> Discovery:
                     f"{filename}: not a migration file name",
                     "name it NNN_name.sql: digits, an underscore, then lowercase letters, digits and "
                     "underscores (a rollback script: NNN_name.down.sql)",
-                    filename,
+                    filename=filename,
                 )
             )
             continue
         version = int(match["version"])
         if match["down"]:
             downs[version] = filename
-            continue
-        try:
-            text = content.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = content[: exc.start].count(b"\n") + 1
-            problems.append(
-                Problem(
-                    f"{filename} line {line}: not valid UTF-8 (byte offset {exc.start})",
-                    "re-save the file as UTF-8",
-                    filename,
-                    line,
-                    version,
-                )
-            )
-            continue
-        text = text.removeprefix("\ufeff")
-        by_version.setdefault(version, []).append((filename, text))
+        else:
+            by_version.setdefault(version, []).append(filename)
 
+    files = {name: content.removeprefix(_BOM) for name, content in folder.files.items()}
+    pairs = tuple(sorted((variables or {}).items()))
     migrations: list[Migration] = []
     for version in sorted(by_version):
-        entries = by_version[version]
-        if len(entries) > 1:
-            names = [name for name, _ in entries]
+        names = by_version[version]
+        if len(names) > 1:
             rollback = [n for n in names if _ROLLBACK_WORDS.search(n.split("_", 1)[1])]
             if len(rollback) == 1 and len(names) == 2:
                 main = next(n for n in names if n != rollback[0])
@@ -225,23 +266,27 @@ def discover(files: Iterable[tuple[str, bytes]]) -> Discovery:
                 Problem(
                     f"version {version} is used by {len(names)} files: {', '.join(names)}",
                     hint,
-                    names[0],
-                    None,
-                    version,
+                    filename=names[0],
+                    version=version,
                 )
             )
             continue
-        filename, text = entries[0]
-        directives, directive_problems = _directives(text, filename)
+        filename = names[0]
+        content = files[filename]
+        bad_encoding = _utf8_problem(filename, content, version)
+        if bad_encoding is not None:
+            problems.append(bad_encoding)
+            continue
+        head = content[:65536].decode("utf-8", errors="ignore")
+        directives, directive_problems = _directives(head, filename)
         problems.extend(directive_problems)
-        if not text.strip():
+        if not content.strip():
             problems.append(
                 Problem(
                     f"{filename}: the file is empty",
                     "write the migration's SQL, or delete the file",
-                    filename,
-                    None,
-                    version,
+                    filename=filename,
+                    version=version,
                 )
             )
             continue
@@ -251,10 +296,12 @@ def discover(files: Iterable[tuple[str, bytes]]) -> Discovery:
             version=version,
             name=match["name"],
             filename=filename,
-            text=text,
-            no_transaction="no-transaction" in directives,
+            content=content,
+            files=files,
+            directives=directives,
             down_filename=downs.get(version),
-            file_sha256=hashlib.sha256(text.encode()).hexdigest(),
+            file_sha256=_sha256(content, *_included(filename, files)),
+            variables=pairs,
         )
         migrations.append(migration)
 
@@ -262,11 +309,23 @@ def discover(files: Iterable[tuple[str, bytes]]) -> Discovery:
         Problem(
             f"{name}: rollback script for version {version}, which has no migration file",
             "rename or remove it",
-            name,
-            None,
-            version,
+            filename=name,
+            version=version,
         )
         for version, name in sorted(downs.items())
         if version not in by_version
     ]
     return Discovery(tuple(migrations), tuple(problems), tuple(warnings))
+
+
+def _included(filename: str, files: Mapping[str, bytes]) -> list[bytes]:
+    """The content of every file ``filename`` includes, transitively, so that editing one counts."""
+    seen: list[str] = []
+    queue = [filename]
+    while queue:
+        current = queue.pop()
+        for target in include_targets(current, files.get(current, b"")):
+            if target in files and target not in seen and target != filename:
+                seen.append(target)
+                queue.append(target)
+    return [files[name] for name in seen]

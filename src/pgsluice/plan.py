@@ -4,31 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 
-from pgsluice.migrations import Migration, Problem
-
-APPLIED = "applied"
-STARTED = "started"
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    """One row of the history table."""
-
-    version: int
-    name: str
-    checksum: str
-    file_sha256: str | None
-    status: str
-    execution: str
-    started_at: datetime | None
-    applied_at: datetime | None
-    duration_seconds: float | None
-    applied_by: str | None
-    hostname: str | None
-    pgsluice_version: str | None
+from pgsluice.migrations import Migration
+from pgsluice.problems import Problem
+from pgsluice.records import HistoryRow, RowStatus
+from pgsluice.sql import harm_to_table
 
 
 class State(StrEnum):
@@ -65,7 +46,7 @@ class Plan:
     @property
     def current_version(self) -> int | None:
         """The highest applied version."""
-        applied = [e.version for e in self.entries if e.row is not None and e.row.status == APPLIED]
+        applied = [e.version for e in self.entries if e.row is not None and e.row.status == RowStatus.APPLIED]
         return max(applied) if applied else None
 
     @property
@@ -84,17 +65,40 @@ def _unchanged(migration: Migration, row: HistoryRow) -> bool:
     return row.checksum == migration.checksum
 
 
+def _sql_checks(migration: Migration, history_table: tuple[str, str] | None) -> tuple[list[Problem], list[Problem]]:
+    problems = migration.sql_problems()
+    warnings = migration.warnings()
+    if history_table is not None:
+        schema, name = history_table
+        for command in migration.analysis.commands:
+            harm = harm_to_table(command.tree, schema, name) if command.tree is not None else None
+            if harm:
+                line = command.piece.origin.line
+                problems.append(
+                    Problem(
+                        f"{migration.filename} line {line}: {harm} pgsluice's history table {schema}.{name}",
+                        "a migration must leave the history alone: pgsluice records each migration there in the "
+                        "same transaction; use another table name for the application",
+                        filename=migration.filename,
+                        line=line,
+                        version=migration.version,
+                    )
+                )
+    return problems, warnings
+
+
 def make_plan(
     migrations: Sequence[Migration],
     history: Sequence[HistoryRow],
     *,
     allow_out_of_order: bool = False,
     check_sql: bool = True,
+    history_table: tuple[str, str] | None = None,
 ) -> Plan:
     """Compare the files with the history; every disagreement is a Problem naming the versions."""
     files = {m.version: m for m in migrations}
     rows = {r.version: r for r in history}
-    max_applied = max((r.version for r in history if r.status == APPLIED), default=None)
+    max_applied = max((r.version for r in history if r.status == RowStatus.APPLIED), default=None)
     entries: list[Entry] = []
     pending: list[Migration] = []
     problems: list[Problem] = []
@@ -113,13 +117,12 @@ def make_plan(
                         f"{migration.filename} is pending but version {max_applied} is already applied (out of order)",
                         f"renumber it above {max_applied}, or pass --allow-out-of-order if it does not "
                         "depend on the later ones",
-                        migration.filename,
-                        None,
-                        version,
+                        filename=migration.filename,
+                        version=version,
                     )
                 )
             continue
-        if row.status == STARTED:
+        if row.status == RowStatus.STARTED:
             entries.append(Entry(version, row.name, State.STARTED, migration, row))
             when = row.started_at.isoformat(timespec="seconds") if row.started_at else "an unknown time"
             problems.append(
@@ -128,9 +131,8 @@ def make_plan(
                     "and never finished: it is half-applied",
                     f"check what it did, finish or undo it by hand, then run 'pgsluice resolve {version} --applied' "
                     f"or 'pgsluice resolve {version} --rolled-back'",
-                    migration.filename if migration else None,
-                    None,
-                    version,
+                    filename=migration.filename if migration else None,
+                    version=version,
                 )
             )
             continue
@@ -141,9 +143,7 @@ def make_plan(
                     f"migration {version} ({row.name}) is applied but its file is missing",
                     f"restore {version:03d}_{row.name}.sql from version control; applied migrations stay in "
                     "the folder for good",
-                    None,
-                    None,
-                    version,
+                    version=version,
                 )
             )
             continue
@@ -155,9 +155,8 @@ def make_plan(
                     f"{migration.filename} was changed after it was applied at {when} "
                     f"(checksum {row.checksum[:15]}… is now {migration.checksum[:15]}…)",
                     "restore the file as it was applied and put the change in a new migration",
-                    migration.filename,
-                    None,
-                    version,
+                    filename=migration.filename,
+                    version=version,
                 )
             )
             continue
@@ -166,15 +165,15 @@ def make_plan(
                 Problem(
                     f"{migration.filename} was applied under the name {row.name!r}",
                     "the SQL is unchanged, so this is only a rename",
-                    migration.filename,
-                    None,
-                    version,
+                    filename=migration.filename,
+                    version=version,
                 )
             )
         entries.append(Entry(version, migration.name, State.APPLIED, migration, row))
 
     if check_sql:
         for migration in pending:
-            problems.extend(migration.sql_problems())
-            warnings.extend(migration.warnings())
+            found, said = _sql_checks(migration, history_table)
+            problems.extend(found)
+            warnings.extend(said)
     return Plan(tuple(entries), tuple(pending), tuple(problems), tuple(warnings))

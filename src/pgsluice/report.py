@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from pgsluice.errors import ExitCode
+from pgsluice.events import Event
 from pgsluice.redact import Redactor
 
 log = structlog.get_logger("pgsluice.report")
 
 TERMINATION_MESSAGE_MAX_BYTES = 4096  # what Kubernetes keeps of it
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    """A backup taken (or restored) by this run, as ``run.finished`` and the termination message name it."""
+
+    id: str
+    object: str
+    bytes: int
+    sha256: str
+    verified: bool | None = None
 
 
 @dataclass
@@ -29,13 +43,27 @@ class Report:
     target_version: int | None = None
     step_seconds: dict[str, float] = field(default_factory=dict)
     lock_wait_seconds: float | None = None
-    backup: dict[str, Any] | None = None
-    failed_migration: str | None = None
+    backup: BackupSummary | None = None
+    reason: str | None = None
+    """Why a run that raised nothing still exits non-zero (status --exit-code: what is pending)."""
+    in_flight: str | None = None
+    """The migration file being applied: on failure, ``run.finished`` names it as ``failed_migration``."""
     details: dict[str, Any] = field(default_factory=dict)
 
-    def timed(self, step: str, since: float) -> None:
-        """Record how long ``step`` took since the monotonic time ``since``."""
-        self.step_seconds[step] = round(time.monotonic() - since, 4)
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time the block as step ``name`` (also when it fails)."""
+        since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.step_seconds[name] = round(time.monotonic() - since, 4)
+
+    def record_applied(self, version: int) -> None:
+        """A migration committed: it is applied, and the current version is at least it."""
+        self.applied.append(version)
+        if self.current_version is None or version > self.current_version:
+            self.current_version = version
 
 
 def outcome_of(code: int) -> str:
@@ -52,15 +80,16 @@ def outcome_of(code: int) -> str:
 def termination_message(report: Report, reason: str) -> str:
     """One line: the reason, and the backup to roll back to when one was taken."""
     line = " ".join(reason.split())
-    if report.backup and report.backup.get("object"):
-        line += f" [backup taken before applying: {report.backup['object']}]"
+    if report.backup is not None:
+        line += f" [backup taken before applying: {report.backup.object}]"
     encoded = line.encode()[:TERMINATION_MESSAGE_MAX_BYTES]
     return encoded.decode(errors="ignore")
 
 
 def finish(report: Report, code: int, reason: str | None, redactor: Redactor, termination_log: Path | None) -> None:
-    """Log ``run.finished`` and, on failure, write the termination message."""
+    """Log ``run.finished`` and, for every exit code but 0, write the termination message."""
     report.step_seconds["total"] = round(time.monotonic() - report.started, 4)
+    reason = reason or report.reason
     safe_reason = redactor(reason) if reason else None
     event: dict[str, Any] = {
         "command": report.command,
@@ -72,19 +101,20 @@ def finish(report: Report, code: int, reason: str | None, redactor: Redactor, te
         "target_version": report.target_version,
         "durations": report.step_seconds,
         "lock_wait_seconds": report.lock_wait_seconds,
-        "backup": report.backup,
+        "backup": asdict(report.backup) if report.backup else None,
     }
-    if report.failed_migration:
-        event["failed_migration"] = report.failed_migration
+    if code != ExitCode.OK and report.in_flight:
+        event["failed_migration"] = report.in_flight
     if safe_reason:
         event["reason"] = safe_reason
     event.update(report.details)
     if code in (ExitCode.OK, ExitCode.PENDING):
-        log.info("run.finished", **event)
+        log.info(Event.RUN_FINISHED, **event)
     else:
-        log.error("run.finished", **event)
-    if code != ExitCode.OK and termination_log is not None and safe_reason:
+        log.error(Event.RUN_FINISHED, **event)
+    if code != ExitCode.OK and termination_log is not None:
+        message = termination_message(report, safe_reason or f"{outcome_of(code)} (exit code {int(code)})")
         try:
-            termination_log.write_text(termination_message(report, safe_reason) + "\n", encoding="utf-8")
+            termination_log.write_text(message + "\n", encoding="utf-8")
         except OSError as exc:
-            log.warning("report.termination_log_unwritable", path=str(termination_log), cause=exc.strerror)
+            log.warning(Event.REPORT_TERMINATION_LOG_UNWRITABLE, path=str(termination_log), cause=exc.strerror)

@@ -20,17 +20,18 @@ import re
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator
-from typing import IO
+from typing import IO, Any
 
 import psycopg
 import structlog
-from psycopg.conninfo import conninfo_to_dict
 
-from pgsluice import __version__, storage
-from pgsluice.backup import BackupInfo, StderrTail, libpq_env
+from pgsluice import storage
+from pgsluice.catalog import BackupInfo
 from pgsluice.config import Config
-from pgsluice.errors import BackupError, ConfigError
-from pgsluice.pgtools import ClientTool, companion
+from pgsluice.db import classify_connect_error, describe_connect_error
+from pgsluice.errors import ConfigError, DatabaseUnreachableError, RestoreError
+from pgsluice.events import Event
+from pgsluice.pgtools import ClientTool, StderrTail, child_connection, sibling_program
 
 log = structlog.get_logger("pgsluice.restore")
 
@@ -56,16 +57,35 @@ def drop_unknown_settings(lines: Iterable[bytes], known: set[str], dropped: set[
         yield line
 
 
-def _nothing_restored(config: Config, program: str, code: int, stderr: StderrTail) -> BackupError:
-    return BackupError(
+def _nothing_restored(config: Config, program: str, code: int, stderr: StderrTail) -> RestoreError:
+    return RestoreError(
         f"restore: {program} exited with code {code}: {config.redactor(stderr.text())}",
         hint="nothing was restored (single transaction)",
     )
 
 
-def _target_facts(target_url: str, clean: bool) -> tuple[int, set[str]]:
+def _connect_target(config: Config, target_url: str) -> psycopg.Connection[Any]:
+    """The restore target, as pgsluice connects: a refusal is exit 4, an unreachable server exit 3."""
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "connect_timeout": max(1, round(config.connect_timeout_seconds)),
+        "application_name": "pgsluice restore",
+    }
+    try:
+        return psycopg.connect(target_url, **kwargs)
+    except psycopg.OperationalError as exc:
+        permanent = classify_connect_error(exc, config)
+        if permanent is not None:
+            raise permanent from exc
+        raise DatabaseUnreachableError(
+            f"restore: the target database is unreachable: {describe_connect_error(exc, config)}",
+            hint="check the target's host, port and network policy, then run again",
+        ) from exc
+
+
+def _target_facts(config: Config, target_url: str, clean: bool) -> tuple[int, set[str]]:
     """The target's major version and setting names; ConfigError when it is not empty and not ``clean``."""
-    with psycopg.connect(target_url, autocommit=True, connect_timeout=10) as conn:
+    with _connect_target(config, target_url) as conn:
         objects = conn.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'"
@@ -80,19 +100,19 @@ def _target_facts(target_url: str, clean: bool) -> tuple[int, set[str]]:
         return conn.info.server_version // 10000, known
 
 
-def _feed(info: BackupInfo, target: storage.Target, sink: IO[bytes]) -> None:
+def _feed(info: BackupInfo, store: storage.BackupStore, sink: IO[bytes]) -> None:
     """The object into ``sink``, the last chunk only once the sha256 matches the manifest."""
     sha = hashlib.sha256()
     held: bytes | None = None
     try:
-        for chunk in storage.read_stream(target, info.dump_key):
+        for chunk in storage.read_stream(store, info.dump_key):
             if held is not None:
                 sink.write(held)
             sha.update(chunk)
             held = chunk
         if sha.hexdigest() != info.sha256:
-            raise BackupError(
-                f"restore: {info.object} has sha256 {sha.hexdigest()}, its manifest says {info.sha256}",
+            raise RestoreError(
+                f"restore: {info.object_url} has sha256 {sha.hexdigest()}, its manifest says {info.sha256}",
                 hint="the object is corrupt; nothing was restored; pick another backup",
             )
         if held is not None:
@@ -102,12 +122,27 @@ def _feed(info: BackupInfo, target: storage.Target, sink: IO[bytes]) -> None:
         pass  # pg_restore stopped reading: its exit code says why
 
 
-def restore_backup(config: Config, info: BackupInfo, target: storage.Target, target_url: str, clean: bool) -> int:
-    """Restore ``info`` into ``target_url`` in one transaction; BackupError (nothing restored) on any failure."""
-    server_major, known = _target_facts(target_url, clean)
+def restore_backup(config: Config, info: BackupInfo, store: storage.BackupStore, target_url: str, clean: bool) -> int:
+    """Restore ``info`` into ``target_url`` in one transaction; RestoreError (nothing restored) on any failure."""
+    server_major, known = _target_facts(config, target_url, clean)
     with ClientTool(config.pg_restore) as pg_restore:
         restore_major, restore_version = pg_restore.major(), pg_restore.version()
-    conninfo, env = libpq_env(dict(conninfo_to_dict(target_url)), f"pgsluice {__version__} restore")
+    with child_connection(target_url, None, "restore") as (conninfo, env):
+        return _restore(config, info, store, conninfo, env, clean, known, server_major, restore_major, restore_version)
+
+
+def _restore(  # noqa: PLR0917 - the facts gathered before the restore, passed on as they are
+    config: Config,
+    info: BackupInfo,
+    store: storage.BackupStore,
+    conninfo: str,
+    env: dict[str, str],
+    clean: bool,
+    known: set[str],
+    server_major: int,
+    restore_major: int,
+    restore_version: str,
+) -> int:
     clean_args = ["--clean", "--if-exists"] if clean else []
     if restore_major <= server_major:
         command = [config.pg_restore, "--single-transaction", "--exit-on-error", "--no-password", *clean_args]
@@ -121,7 +156,7 @@ def restore_backup(config: Config, info: BackupInfo, target: storage.Target, tar
         assert proc.stdin is not None and proc.stderr is not None  # noqa: S101 - both are PIPE
         stderr = StderrTail(proc.stderr)
         try:
-            _feed(info, target, proc.stdin)
+            _feed(info, store, proc.stdin)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -133,7 +168,7 @@ def restore_backup(config: Config, info: BackupInfo, target: storage.Target, tar
     return _restore_via_script(
         config,
         info,
-        target,
+        store,
         conninfo=conninfo,
         env=env,
         clean_args=clean_args,
@@ -146,7 +181,7 @@ def restore_backup(config: Config, info: BackupInfo, target: storage.Target, tar
 def _restore_via_script(
     config: Config,
     info: BackupInfo,
-    target: storage.Target,
+    store: storage.BackupStore,
     *,
     conninfo: str,
     env: dict[str, str],
@@ -156,7 +191,7 @@ def _restore_via_script(
     restore_version: str,
 ) -> int:
     """pg_restore --file=- | drop_unknown_settings | psql --single-transaction, committed only if all went well."""
-    psql = companion(config.pg_restore, "psql")
+    psql = sibling_program(config.pg_restore, "psql")
     producer = subprocess.Popen(
         [config.pg_restore, "--file=-", "--exit-on-error", *clean_args],
         stdin=subprocess.PIPE,
@@ -194,7 +229,7 @@ def _restore_via_script(
     pumping = threading.Thread(target=pump, args=(producer.stdout, consumer.stdin), daemon=True)
     pumping.start()
     try:
-        _feed(info, target, producer.stdin)
+        _feed(info, store, producer.stdin)
         produced = producer.wait()
         pumping.join()
     except BaseException:
@@ -211,7 +246,7 @@ def _restore_via_script(
         raise _nothing_restored(config, "pg_restore", produced, producer_err)
     if dropped:
         log.warning(
-            "restore.settings_dropped",
+            Event.RESTORE_SETTINGS_DROPPED,
             settings=sorted(dropped),
             pg_restore=restore_version,
             server_major=server_major,

@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pgsluice.errors import ConfigError
-from pgsluice.migrations import FILE_NAME
+from pgsluice.migrations import FILE_NAME, TEMPLATE_MARK
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
 TEMPLATE = """\
 -- {filename}
--- Created {date} by pgsluice new.
+-- Created {date} {mark}
 -- Runs in one transaction together with its history row. For CREATE INDEX
 -- CONCURRENTLY and other statements that cannot, put this on the first line:
 --   -- pgsluice: no-transaction
@@ -40,5 +40,5 @@ def create_migration(folder: Path, name: str) -> Path:
     filename = f"{top + 1:0{width}d}_{name}.sql"
     path = folder / filename
     with path.open("x", encoding="utf-8") as fh:
-        fh.write(TEMPLATE.format(filename=filename, date=datetime.now(UTC).date().isoformat()))
+        fh.write(TEMPLATE.format(filename=filename, date=datetime.now(UTC).date().isoformat(), mark=TEMPLATE_MARK))
     return path

@@ -24,7 +24,7 @@ _from_url: Any = from_url  # its overloads are per scheme; ours is chosen at run
 
 @dataclass(frozen=True)
 class StoredObject:
-    """One object under the target's prefix."""
+    """One object under the store's prefix."""
 
     key: str
     size: int
@@ -32,10 +32,11 @@ class StoredObject:
 
 
 @dataclass(frozen=True)
-class Target:
-    """A store and the prefix inside it that pgsluice owns."""
+class BackupStore:
+    """An object store and the prefix inside it that pgsluice owns (from ``--backup-url``)."""
 
-    store: Any
+    client: Any
+    """obstore's store object."""
     prefix: str
     url: str
 
@@ -50,7 +51,7 @@ class Target:
         return f"{base}/{rel}"
 
 
-def open_target(config: Config, url: str | None = None) -> Target:
+def open_store(config: Config, url: str | None = None) -> BackupStore:
     """The store for ``--backup-url``; ConfigError for an unusable URL."""
     url = url or config.backup_url or ""
     parsed = urlparse(url)
@@ -59,13 +60,13 @@ def open_target(config: Config, url: str | None = None) -> Target:
         "retry_timeout": timedelta(seconds=max(10, 20 * (config.backup_retries + 1))),
         "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=15), "base": 2},
     }
-    client: dict[str, Any] = {"connect_timeout": timedelta(seconds=10), "timeout": timedelta(minutes=10)}
+    options: dict[str, Any] = {"connect_timeout": timedelta(seconds=10), "timeout": timedelta(minutes=10)}
     if parsed.scheme == "file":  # its shape was checked with the configuration (config.py)
         try:
             store = LocalStore(parsed.path, mkdir=True)
         except Exception as exc:
             raise ConfigError(f"--backup-url: cannot use {parsed.path}: {exc}") from exc
-        return Target(store, "", url)
+        return BackupStore(store, "", url)
     prefix = parsed.path.strip("/")
     bucket_url = f"{parsed.scheme}://{parsed.netloc}"
     kwargs: dict[str, Any] = {}
@@ -73,49 +74,49 @@ def open_target(config: Config, url: str | None = None) -> Target:
         if config.backup_endpoint:
             kwargs["endpoint"] = config.backup_endpoint
             if config.backup_endpoint.startswith("http://"):
-                client["allow_http"] = True
+                options["allow_http"] = True
         if config.backup_region:
             kwargs["region"] = config.backup_region
         if config.backup_path_style is not None:
             kwargs["virtual_hosted_style_request"] = not config.backup_path_style
     try:
-        store = _from_url(bucket_url, client_options=client, retry_config=retry, **kwargs)
+        store = _from_url(bucket_url, client_options=options, retry_config=retry, **kwargs)
     except Exception as exc:
-        raise ConfigError(f"--backup-url: cannot use {url}: {type(exc).__name__}: {exc}") from exc
-    return Target(store, prefix, url)
+        raise ConfigError(f"--backup-url: cannot use {bucket_url}/{prefix}: {type(exc).__name__}: {exc}") from exc
+    return BackupStore(store, prefix, url)
 
 
-def put_stream(target: Target, key: str, chunks: Iterable[bytes], *, part_size: int, concurrency: int) -> None:
+def put_stream(store: BackupStore, key: str, chunks: Iterable[bytes], *, part_size: int, concurrency: int) -> None:
     """Upload ``chunks`` as one object: multipart parts of ``part_size``; atomic, all or nothing."""
-    obstore.put(target.store, key, iter(chunks), chunk_size=part_size, max_concurrency=concurrency)
+    obstore.put(store.client, key, iter(chunks), chunk_size=part_size, max_concurrency=concurrency)
 
 
-def put_bytes(target: Target, key: str, data: bytes) -> None:
+def put_bytes(store: BackupStore, key: str, data: bytes) -> None:
     """Upload a small object in one request."""
-    obstore.put(target.store, key, data, use_multipart=False)
+    obstore.put(store.client, key, data, use_multipart=False)
 
 
-def read_stream(target: Target, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+def read_stream(store: BackupStore, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
     """The object's bytes, streamed."""
-    result = obstore.get(target.store, key)
+    result = obstore.get(store.client, key)
     for chunk in result.stream(min_chunk_size=chunk_size):
         yield bytes(chunk)
 
 
-def read_bytes(target: Target, key: str) -> bytes:
+def read_bytes(store: BackupStore, key: str) -> bytes:
     """A small object's bytes."""
-    return bytes(obstore.get(target.store, key).bytes())
+    return bytes(obstore.get(store.client, key).bytes())
 
 
-def list_objects(target: Target, prefix: str) -> list[StoredObject]:
+def list_objects(store: BackupStore, prefix: str) -> list[StoredObject]:
     """Every object whose key starts with ``prefix``."""
     found: list[StoredObject] = []
-    for batch in obstore.list(target.store, prefix=prefix or None):
+    for batch in obstore.list(store.client, prefix=prefix or None):
         for meta in batch:
             found.append(StoredObject(str(meta["path"]), int(meta["size"]), meta["last_modified"]))
     return found
 
 
-def delete(target: Target, key: str) -> None:
+def delete(store: BackupStore, key: str) -> None:
     """Delete one object."""
-    obstore.delete(target.store, key)
+    obstore.delete(store.client, key)

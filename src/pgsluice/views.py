@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pgsluice.migrations import Discovery, Problem
+from pgsluice.migrations import Discovery
 from pgsluice.plan import Entry, Plan
+from pgsluice.problems import Problem
+
+if TYPE_CHECKING:
+    from pgsluice.catalog import BackupInfo  # the catalog imports obstore: not for status and plan
 
 
 def _entry_dict(entry: Entry) -> dict[str, Any]:
@@ -53,6 +57,16 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def _version(version: int | None) -> str:
+    """A version for people: ``none`` before the first migration, never Python's None."""
+    return "none" if version is None else str(version)
+
+
+def print_line(text: str) -> None:
+    """One line of output (``new`` prints the file it created)."""
+    sys.stdout.write(text + "\n")
+
+
 def print_status(plan: Plan, *, as_json: bool) -> None:
     """Every migration with its state."""
     if as_json:
@@ -81,7 +95,9 @@ def print_status(plan: Plan, *, as_json: bool) -> None:
         )
     out = _table(rows) if len(rows) > 1 else "no migrations"
     pending = len(plan.pending)
-    out += f"\n\ncurrent version: {plan.current_version}; pending: {pending}; problems: {len(plan.problems)}\n"
+    out += (
+        f"\n\ncurrent version: {_version(plan.current_version)}; pending: {pending}; problems: {len(plan.problems)}\n"
+    )
     for problem in plan.problems:
         out += f"  ! {problem}\n"
     sys.stdout.write(out)
@@ -98,7 +114,8 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
                     "version": m.version,
                     "file": m.filename,
                     "no_transaction": m.no_transaction,
-                    "statements": len(m.analysis.statements),
+                    "statements": len(m.analysis.commands),
+                    "execution": str(m.execution),
                 }
                 for m in plan.pending
             ],
@@ -107,12 +124,15 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    lines = [f"current version: {plan.current_version}; target version: {plan.target_version}"]
+    lines = [f"current version: {_version(plan.current_version)}; target version: {_version(plan.target_version)}"]
     if not plan.pending:
         lines.append("nothing to apply")
     for m in plan.pending:
-        mode = "no-transaction, statement by statement" if m.no_transaction else "one transaction"
-        lines.append(f"  apply {m.filename} ({len(m.analysis.statements)} statement(s), {mode})")
+        if m.analysis.comment_only:
+            lines.append(f"  apply {m.filename} (comments only: recorded as applied, nothing runs)")
+            continue
+        mode = "no-transaction, as psql runs it" if m.no_transaction else "one transaction"
+        lines.append(f"  apply {m.filename} ({len(m.analysis.commands)} statement(s), {mode})")
     for problem in plan.problems:
         lines.append(f"  ! {problem}")
     for warning in plan.warnings:
@@ -120,21 +140,21 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def print_lint(found: Discovery, problems: list[Problem], warnings: list[Problem]) -> None:
+def print_lint(found: Discovery, problems: list[Problem], warnings: list[Problem], notes: list[Problem]) -> None:
     """``error: <file> line <n>: message: hint`` per problem, then a summary line."""
-    for kind, items in (("error", problems), ("warning", warnings)):
+    for kind, items in (("error", problems), ("warning", warnings), ("note", notes)):
         for problem in items:
             sys.stdout.write(f"{kind}: {problem}\n")
     sys.stdout.write(f"{len(found.migrations)} migration(s), {len(problems)} error(s), {len(warnings)} warning(s)\n")
 
 
-def print_backups(backups: list[Any], *, as_json: bool) -> None:
+def print_backups(backups: list[BackupInfo], *, as_json: bool) -> None:
     """The complete backups, newest first."""
     if as_json:
-        sys.stdout.write(json.dumps([b.__dict__ for b in backups], indent=2) + "\n")
+        sys.stdout.write(json.dumps([b.as_json() for b in backups], indent=2) + "\n")
         return
     rows = [["ID", "FINISHED (UTC)", "SIZE", "VERSIONS"]]
     for b in backups:
         versions = f"{b.from_version or 0} -> {b.to_version or 0}"  # as in the id: 0 is "no migration yet"
-        rows.append([b.id, b.time[:19].replace("T", " "), _size(b.size), versions])
+        rows.append([b.id, b.finished_at[:19].replace("T", " "), _size(b.size), versions])
     sys.stdout.write((_table(rows) if backups else "no complete backups") + "\n")

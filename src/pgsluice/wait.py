@@ -1,4 +1,4 @@
-"""wait_for_database(): connect + SELECT 1, retried with backoff until the deadline."""
+"""wait_for_database(): connect (with its session-settings statement), retried with backoff until the deadline."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import structlog
 from pgsluice.config import Config
 from pgsluice.db import connect, describe_connect_error
 from pgsluice.errors import DatabaseUnreachableError
+from pgsluice.events import Event
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -20,34 +21,25 @@ log = structlog.get_logger("pgsluice.wait")
 FIRST_RETRY_SECONDS = 0.1
 
 
-def _attempt(config: Config, purpose: str) -> psycopg.Connection[Any]:
-    conn = connect(config, purpose)
-    try:
-        conn.execute("SELECT 1")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
 def wait_for_database(config: Config, purpose: str = "lock") -> tuple[psycopg.Connection[Any], float]:
     """Return an open connection and the seconds it took; retry only what can heal.
 
     Raises AuthenticationError at once for credentials, a missing role or database;
-    DatabaseUnreachableError when the deadline passes. The first attempt runs without
-    tenacity, so a healthy database costs no import of it.
+    ConfigError for a startup parameter a pooler refuses; DatabaseUnreachableError when
+    the deadline passes. The first attempt runs without tenacity, so a healthy database
+    costs no import of it.
     """
     started = time.monotonic()
     try:
-        return _attempt(config, purpose), time.monotonic() - started
+        return connect(config, purpose), time.monotonic() - started
     except psycopg.OperationalError as exc:
-        first = exc  # AuthenticationError is not an OperationalError: connect() sorted it out
+        first = exc  # the permanent ones are not OperationalError: connect() sorted them out
 
     from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
     def scheduled(retry_num: int, wait_seconds: float, cause: BaseException | None) -> None:
         log.warning(
-            "wait.retry_scheduled",
+            Event.WAIT_RETRY_SCHEDULED,
             retry_num=retry_num,
             wait_seconds=round(wait_seconds, 3),
             elapsed_seconds=round(time.monotonic() - started, 3),
@@ -67,10 +59,10 @@ def wait_for_database(config: Config, purpose: str = "lock") -> tuple[psycopg.Co
         reraise=True,
     )
     try:
-        conn = retrying(_attempt, config, purpose)
+        conn = retrying(connect, config, purpose)
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachableError(
             f"database unreachable after {time.monotonic() - started:.1f}s: {describe_connect_error(exc, config)}",
             hint="check the host, port and network policy, or raise --wait-timeout",
-        ) from None
+        ) from exc
     return conn, time.monotonic() - started

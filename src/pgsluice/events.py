@@ -1,0 +1,100 @@
+"""Every log event name, in one place: the README's list of stable events is generated from here.
+
+Names are ``<area>.<past tense>`` [STYLE.md]; the data goes in key/values. Code logs
+``log.info(Event.LOCK_ACQUIRED, key=…)``; a StrEnum member is the string itself, so the
+JSON line says ``"event": "lock.acquired"``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    """A stable log event name."""
+
+    CONFIG_WARNING = "config.warning"
+    WAIT_RETRY_SCHEDULED = "wait.retry_scheduled"
+    DB_CONNECTED = "db.connected"
+    LOCK_WAITING = "lock.waiting"
+    LOCK_ACQUIRED = "lock.acquired"
+    LOCK_RELEASED = "lock.released"
+    FILES_WARNING = "files.warning"
+    FILES_INVALID = "files.invalid"
+    HISTORY_UPGRADED = "history.upgraded"
+    PLAN_READY = "plan.ready"
+    PLAN_WARNING = "plan.warning"
+    PLAN_INVALID = "plan.invalid"
+    BACKUP_SKIPPED = "backup.skipped"
+    BACKUP_STARTED = "backup.started"
+    BACKUP_DUMP_FINISHED = "backup.dump_finished"
+    BACKUP_UPLOADED = "backup.uploaded"
+    BACKUP_VERIFIED = "backup.verified"
+    BACKUP_COMPLETED = "backup.completed"
+    BACKUP_DELETED = "backup.deleted"
+    BACKUP_ORPHAN_DELETED = "backup.orphan_deleted"
+    MIGRATION_APPLYING = "migration.applying"
+    MIGRATION_BLOCKS_MERGED = "migration.blocks_merged"
+    MIGRATION_ECHOED = "migration.echoed"
+    MIGRATION_STARTED_ROW_WRITTEN = "migration.started_row_written"
+    MIGRATION_RETRY_SCHEDULED = "migration.retry_scheduled"
+    MIGRATION_APPLIED = "migration.applied"
+    MIGRATION_FAILED = "migration.failed"
+    MIGRATION_CONNECTION_LOST = "migration.connection_lost"
+    RUN_UP_TO_DATE = "run.up_to_date"
+    BASELINE_RECORDED = "baseline.recorded"
+    RESOLVE_RECORDED = "resolve.recorded"
+    RESTORE_SETTINGS_DROPPED = "restore.settings_dropped"
+    RESTORE_COMPLETED = "restore.completed"
+    LIBRARY_LOGGED = "library.logged"
+    REPORT_TERMINATION_LOG_UNWRITABLE = "report.termination_log_unwritable"
+    RUN_CRASHED = "run.crashed"
+    RUN_FINISHED = "run.finished"
+
+
+ABOUT: dict[Event, str] = {
+    Event.CONFIG_WARNING: "a setting works but is risky (a password given as a flag)",
+    Event.WAIT_RETRY_SCHEDULED: "the database did not answer yet: `retry_num`, `wait_seconds`, `cause`",
+    Event.DB_CONNECTED: "connected: host, port, database, user, server version (never the password)",
+    Event.LOCK_WAITING: "another runner holds the lock: `holder_pid`, `holder_application_name`, "
+    "`holder_client_addr`, `holder_since`",
+    Event.LOCK_ACQUIRED: "the migration lock is ours: `wait_seconds`",
+    Event.LOCK_RELEASED: "the lock was released (or went with the session)",
+    Event.FILES_WARNING: "something about a file worth knowing; nothing stops",
+    Event.FILES_INVALID: "a file stops the run before anything is applied: `file`, `line`, `problem`, `hint`",
+    Event.HISTORY_UPGRADED: "pgsluice changed its own history table's shape, once, under the lock",
+    Event.PLAN_READY: "what will be applied: `pending`, `current_version`, `target_version`",
+    Event.PLAN_WARNING: "files and history disagree in a way that does not stop the run",
+    Event.PLAN_INVALID: "files and history disagree: nothing is applied",
+    Event.BACKUP_SKIPPED: "no backup target configured",
+    Event.BACKUP_STARTED: "pg_dump started: `object`, `compression`, `part_size_bytes`",
+    Event.BACKUP_DUMP_FINISHED: "(debug) pg_dump exited",
+    Event.BACKUP_UPLOADED: "the dump is stored: `object`, `bytes`, `sha256`",
+    Event.BACKUP_VERIFIED: "the dump was read back through pg_restore --list",
+    Event.BACKUP_COMPLETED: "the manifest is written: the backup is complete",
+    Event.BACKUP_DELETED: "retention removed a backup",
+    Event.BACKUP_ORPHAN_DELETED: "retention removed a dump without a manifest",
+    Event.MIGRATION_APPLYING: "a migration (or a batch of them) is being sent",
+    Event.MIGRATION_BLOCKS_MERGED: "a file's BEGIN … COMMIT blocks run as one transaction: `file`, `blocks` (lines)",
+    Event.MIGRATION_ECHOED: "a migration's `\\echo`: `file`, `line`, `message`",
+    Event.MIGRATION_STARTED_ROW_WRITTEN: "a no-transaction migration's `started` row is committed",
+    Event.MIGRATION_RETRY_SCHEDULED: "a migration hit lock_timeout or a deadlock and will be retried",
+    Event.MIGRATION_APPLIED: "a migration committed: `version`, `file`, `duration_seconds`, `execution`",
+    Event.MIGRATION_FAILED: "a migration failed: `file`, `line`, `column`, `sqlstate`",
+    Event.MIGRATION_CONNECTION_LOST: "the connection dropped during a migration",
+    Event.RUN_UP_TO_DATE: "nothing to apply",
+    Event.BASELINE_RECORDED: "baseline recorded versions as applied",
+    Event.RESOLVE_RECORDED: "a half-applied migration was settled",
+    Event.RESTORE_SETTINGS_DROPPED: "a newer pg_restore's session settings the server lacks were dropped",
+    Event.RESTORE_COMPLETED: "a restore committed",
+    Event.LIBRARY_LOGGED: "a library (psycopg) logged something, redacted",
+    Event.REPORT_TERMINATION_LOG_UNWRITABLE: "the termination message could not be written",
+    Event.RUN_CRASHED: "an internal error (a bug): the traceback",
+    Event.RUN_FINISHED: "last, always: `outcome`, `exit_code`, `applied`, `current_version`, `durations`, "
+    "`backup`, and on failure `reason`, `file`, `line`, `column`, `sqlstate`",
+}
+
+
+def readme_list() -> str:
+    """The README's list of stable events, one bullet each."""
+    return "\n".join(f"- `{event.value}`: {ABOUT[event]}" for event in Event)
