@@ -202,6 +202,13 @@ def test_h05_a_file_over_the_size_limit_fails_cleanly(db: Database, mdir: Path) 
     assert result.returncode == 6
     assert "002_big.sql: is 2.0 MiB, over the limit of 1.0 MiB (--max-file-size)" in result.finished["reason"]
     assert db.scalar("SELECT to_regclass('users') IS NULL") is True
+    inserts = "CREATE TABLE rows (a int);\n" + "".join(f"INSERT INTO rows VALUES ({n});\n" for n in range(2000))
+    write_migrations(mdir, {"002_big.sql": inserts})
+    many = run_cli("migrate", "--max-statements", "1000", url=db.url, migrations=mdir)
+    assert many.returncode == 6
+    assert "002_big.sql line 1001: more than 1000 statements in the file (--max-statements)" in many.finished["reason"]
+    assert "COPY … FROM STDIN" in many.finished["reason"]
+    assert db.scalar("SELECT to_regclass('users') IS NULL AND to_regclass('rows') IS NULL") is True
 
 
 def test_h06_long_versions_apply_and_are_shown_as_written(db: Database, mdir: Path) -> None:

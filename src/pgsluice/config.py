@@ -225,12 +225,22 @@ class Settings:
         unit="bytes",
         commands=READING_MIGRATIONS,
     )
+    max_statements: int = option(
+        100_000,
+        "most statements read from one file (about 1 KiB of memory each); more stops the run before anything "
+        "is applied: bulk data belongs in COPY … FROM STDIN",
+        parse=parse_count,
+        check=positive,
+        unit="count",
+        commands=READING_MIGRATIONS,
+    )
     variables: tuple[tuple[str, str], ...] = option(
         (),
         "a psql variable for the migrations, NAME=VALUE: :NAME, :'NAME' and :\"NAME\" are substituted",
         flag="--var",
         env=None,
         env_prefix="PGSLUICE_VAR_",
+        unit="NAME=VALUE",
         repeatable=True,
         parse=parse_variable,
         commands=READING_MIGRATIONS,

@@ -26,6 +26,8 @@ class ExitCode(IntEnum):
     MIGRATION_FAILED = 7
     BACKUP_FAILED = 8
     PENDING = 9
+    UNSAFE = 10
+    CANARY_FAILED = 11
     SIGINT = 130
     SIGTERM = 143
 
@@ -35,6 +37,8 @@ PERMANENT: tuple[ExitCode, ...] = (
     ExitCode.AUTH,
     ExitCode.INCONSISTENT,
     ExitCode.MIGRATION_FAILED,
+    ExitCode.UNSAFE,
+    ExitCode.CANARY_FAILED,
 )
 """Failures a retry of the same Job cannot heal: fail the Job at once."""
 
@@ -152,6 +156,18 @@ class MigrationFailedError(PgsluiceError):
             fields["left_started"] = True
             fields["invalid_indexes"] = list(self.invalid_indexes)
         return fields
+
+
+class UnsafeMigrationError(PgsluiceError):
+    """Raised when the safety gate (``--unsafe-ddl block``) refuses a pending migration; nothing was applied."""
+
+    exit_code = ExitCode.UNSAFE
+
+
+class CanaryFailedError(PgsluiceError):
+    """Raised when a fleet's canary targets failed or did not become current in time; this shard applied nothing."""
+
+    exit_code = ExitCode.CANARY_FAILED
 
 
 class BackupError(PgsluiceError):

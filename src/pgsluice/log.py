@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from pgsluice.events import Event
 from pgsluice.redact import Redactor
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -35,7 +36,7 @@ def _redacting(redactor: Redactor) -> structlog.types.Processor:
 class _StructlogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         structlog.get_logger(record.name).log(
-            record.levelno, "library.logged", logger=record.name, message=record.getMessage()
+            record.levelno, Event.LIBRARY_LOGGED, logger=record.name, message=record.getMessage()
         )
 
 

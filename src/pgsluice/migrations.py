@@ -55,6 +55,7 @@ class Migration:
     down_filename: str | None = None
     file_sha256: str = field(default="", compare=False)
     variables: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    max_statements: int | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def analysis(self) -> Analysis:
@@ -65,9 +66,11 @@ class Migration:
         ``no-transaction`` directive: its checksum is the same either way."""
         sources = {**self.files, self.filename: self.content}
         variables = dict(self.variables)
-        found = analyze(self.filename, sources, variables=variables, no_transaction=self.directives.no_transaction)
-        if not self.directives.no_transaction and found.non_transactional:
-            return analyze(self.filename, sources, variables=variables, no_transaction=True)
+        limit = self.max_statements
+        directive = self.directives.no_transaction
+        found = analyze(self.filename, sources, variables=variables, no_transaction=directive, max_statements=limit)
+        if not directive and found.non_transactional:
+            return analyze(self.filename, sources, variables=variables, no_transaction=True, max_statements=limit)
         return found
 
     @property
@@ -224,7 +227,10 @@ def _sha256(*parts: bytes) -> str:
 
 
 def discover(
-    folder: FolderContent | Iterable[tuple[str, bytes]], variables: Mapping[str, str] | None = None
+    folder: FolderContent | Iterable[tuple[str, bytes]],
+    variables: Mapping[str, str] | None = None,
+    *,
+    max_statements: int | None = None,
 ) -> Discovery:
     """Judge the ``.sql`` files of a migrations folder (or of ``(name, bytes)`` pairs)."""
     if not isinstance(folder, FolderContent):
@@ -280,7 +286,7 @@ def discover(
         head = content[:65536].decode("utf-8", errors="ignore")
         directives, directive_problems = _directives(head, filename)
         problems.extend(directive_problems)
-        if not content.strip():
+        if not content or content.isspace():  # strip() would copy a large file
             problems.append(
                 Problem(
                     f"{filename}: the file is empty",
@@ -302,6 +308,7 @@ def discover(
             down_filename=downs.get(version),
             file_sha256=_sha256(content, *_included(filename, files)),
             variables=pairs,
+            max_statements=max_statements,
         )
         migrations.append(migration)
 

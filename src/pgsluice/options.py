@@ -213,14 +213,15 @@ def read_secret_file(variable: str, path: str) -> str:
 def lookup(opt: Option, args: Mapping[str, Any], env: Mapping[str, str]) -> Found:
     """The raw value of ``opt`` by precedence: flag, its variable (or ``_FILE``), standard variables, default."""
     given = args.get(opt.name)
+    if opt.repeatable and opt.env_prefix:
+        # NAME=VALUE pairs merge: each <prefix>NAME variable, then each flag (a flag wins for its NAME).
+        prefix = opt.env_prefix
+        pairs = [f"{k.removeprefix(prefix)}={v}" for k, v in sorted(env.items()) if k.startswith(prefix)]
+        pairs += list(given or ())
+        if pairs:
+            return Found(pairs, opt.flag if given else f"{prefix}*")
     if given is not None and given != []:
         return Found(given, opt.flag)
-    if opt.repeatable and opt.env_prefix:
-        pairs = [
-            f"{k.removeprefix(opt.env_prefix)}={v}" for k, v in sorted(env.items()) if k.startswith(opt.env_prefix)
-        ]
-        if pairs:
-            return Found(pairs, f"{opt.env_prefix}*")
     for name in (opt.env, *opt.standard_env):
         if not name:
             continue

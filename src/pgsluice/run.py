@@ -54,7 +54,7 @@ def _log_problems(event: Event, problems: Sequence[Problem], *, warning: bool = 
 def _discover(config: Config, report: Report) -> Discovery:
     with report.step("discover"):
         folder = read_folder(config.migrations_dir, max_file_bytes=config.max_file_size_bytes)
-        found = discover(folder, dict(config.variables))
+        found = discover(folder, dict(config.variables), max_statements=config.max_statements)
     _log_problems(Event.FILES_WARNING, found.warnings, warning=True)
     if found.problems:
         _log_problems(Event.FILES_INVALID, found.problems)
@@ -265,9 +265,8 @@ def run_lint(config: Config, report: Report) -> ExitCode:
     """Offline checks of the whole folder; no database. Stricter than migrate: SQL pgsluice's parser cannot
     parse is an error unless the file accepts it."""
     with report.step("discover"):
-        found = discover(
-            read_folder(config.migrations_dir, max_file_bytes=config.max_file_size_bytes), dict(config.variables)
-        )
+        folder = read_folder(config.migrations_dir, max_file_bytes=config.max_file_size_bytes)
+        found = discover(folder, dict(config.variables), max_statements=config.max_statements)
     problems = list(found.problems)
     warnings = list(found.warnings)
     notes: list[Problem] = []

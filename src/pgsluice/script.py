@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
@@ -73,7 +74,7 @@ _CREATE_ROUTINE = {b"create": "c", b"or": "o", b"replace": "r", b"function": "f"
 INCLUDE_COMMANDS = ("i", "include", "ir", "include_relative")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Origin:
     """Where a piece starts: its file (relative to the migrations folder), byte offset and line."""
 
@@ -82,14 +83,15 @@ class Origin:
     line: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SqlPiece:
     """One SQL statement as psql would send it."""
 
     text: str
     """What goes to the server: variables substituted, ``\\;`` as ``;``, without the final semicolon."""
-    raw: bytes
-    """The statement as written, with its semicolon: what the checksum covers."""
+    end: int
+    """Where the statement as written (with its semicolon) ends in the source: what the checksum covers runs
+    from ``origin.offset`` to here."""
     origin: Origin
     keywords: tuple[str, ...]
     """Its first top-level words, lowercased (``("begin",)``, ``("copy", …)``)."""
@@ -109,7 +111,7 @@ class SqlPiece:
         return -1 - src if src < 0 else src + (byte - out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetaPiece:
     """One backslash meta-command (``\\set``, ``\\echo``, ``\\restrict``…)."""
 
@@ -119,7 +121,7 @@ class MetaPiece:
     raw: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DataPiece:
     """The inline rows after ``COPY … FROM STDIN;``, up to a ``\\.`` line or the end of the file."""
 
@@ -132,7 +134,7 @@ class DataPiece:
 Piece = SqlPiece | MetaPiece | DataPiece
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScriptProblem:
     """Something in the script that stops the run before anything is applied."""
 
@@ -170,7 +172,7 @@ class _Statement:
         """The statement's bytes as sent, and ``(byte offset in them, source byte offset)`` per run:
         a copied run maps to its source offset, an inserted value to ``-1 - offset`` of its variable."""
         if not self.edits:
-            return data[self.start : end], ((0, self.start),)
+            return data[self.start : end], ()
         parts: list[bytes] = []
         segments: list[tuple[int, int]] = []
         out = 0
@@ -192,11 +194,14 @@ class _Lexer:
     def __init__(
         self,
         sources: Mapping[str, bytes],
+        *,
         variables: MutableMapping[str, str],
         pieces: list[Piece],
         problems: list[ScriptProblem],
         stack: tuple[str, ...],
+        max_statements: int | None = None,
     ) -> None:
+        self.max_statements = max_statements
         self.sources = sources
         self.variables = variables
         self.pieces = pieces
@@ -229,6 +234,15 @@ class _Lexer:
         size = len(data)
         match = _TOKEN.match
         while pos < size:
+            if self.max_statements is not None and len(self.pieces) > self.max_statements:
+                self.problem(
+                    f"more than {self.max_statements} statements in the file (--max-statements): pgsluice stopped "
+                    "reading it here rather than hold them all in memory",
+                    "load bulk data with COPY … FROM STDIN (pg_dump --data-only writes it) or split the file; "
+                    "or raise --max-statements if the machine has the memory (about 1 KiB a statement)",
+                    pos,
+                )
+                return
             m = match(data, pos)
             assert m is not None  # noqa: S101 - the last alternative matches any byte
             kind = m.lastgroup
@@ -317,7 +331,7 @@ class _Lexer:
     def _identifier(self, stmt: _Statement, word: bytes) -> None:
         lower = word.lower()
         if stmt.paren == 0 and len(stmt.keywords) < 4:
-            stmt.keywords.append(lower.decode("utf-8", errors="replace"))
+            stmt.keywords.append(sys.intern(lower.decode("utf-8", errors="replace")))
         # psqlscan.l: inside CREATE [OR REPLACE] FUNCTION|PROCEDURE, BEGIN … END (and CASE … END
         # within it) holds the semicolons of a SQL-standard body.
         if stmt.identifiers < 4:
@@ -462,13 +476,19 @@ class _Lexer:
             )
             return
         self.read.append(target)
-        child = _Lexer(self.sources, self.variables, self.pieces, self.problems, (*self.stack, target))
+        child = _Lexer(
+            self.sources,
+            variables=self.variables,
+            pieces=self.pieces,
+            problems=self.problems,
+            stack=(*self.stack, target),
+            max_statements=self.max_statements,
+        )
         child.run()
         self.read.extend(child.read)
 
     def _finish(self, stmt: _Statement, end: int) -> int:
         """Emit the statement; for COPY … FROM STDIN, also its data. Returns where lexing goes on."""
-        raw = self.data[stmt.start : end]
         body, segments = stmt.body(self.data, end)
         origin = Origin(self.source, stmt.start, stmt.line)
         try:
@@ -487,7 +507,7 @@ class _Lexer:
             text = text[:-1].rstrip()
         keywords = tuple(stmt.keywords)
         copy_in = _is_copy_from_stdin(keywords, body)
-        self.pieces.append(SqlPiece(text, raw, origin, keywords, copy_in, segments))
+        self.pieces.append(SqlPiece(text, end, origin, keywords, copy_in, segments))
         if not copy_in:
             return end
         newline = self.data.find(b"\n", end)
@@ -550,11 +570,20 @@ def split_script(
     source: str,
     sources: Mapping[str, bytes],
     variables: Mapping[str, str] | None = None,
+    max_statements: int | None = None,
 ) -> Script:
-    """Split ``sources[source]`` (and what it includes from ``sources``) the way psql would run it."""
+    """Split ``sources[source]`` (and what it includes from ``sources``) the way psql would run it; past
+    ``max_statements`` pieces it stops with a problem instead of holding an unbounded number of them."""
     pieces: list[Piece] = []
     problems: list[ScriptProblem] = []
-    lexer = _Lexer(sources, dict(variables or {}), pieces, problems, (source,))
+    lexer = _Lexer(
+        sources,
+        variables=dict(variables or {}),
+        pieces=pieces,
+        problems=problems,
+        stack=(source,),
+        max_statements=max_statements,
+    )
     lexer.run()
     return Script(tuple(pieces), tuple(problems), (source, *dict.fromkeys(lexer.read)))
 

@@ -139,6 +139,7 @@ _SESSION_NEUTRAL = frozenset(
         "VacuumStmt",
     }
 )
+_TREE_NOT_KEPT = frozenset({"InsertStmt", "SelectStmt"})
 _NON_TRANSACTIONAL_WORDS = (
     (re.compile(r"^create\s+(unique\s+)?index\s+concurrently\b", re.I), "CREATE INDEX CONCURRENTLY"),
     (re.compile(r"^drop\s+index\s+concurrently\b", re.I), "DROP INDEX CONCURRENTLY"),
@@ -149,7 +150,7 @@ _NON_TRANSACTIONAL_WORDS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SqlIssue:
     """Something about one place in the file."""
 
@@ -158,7 +159,7 @@ class SqlIssue:
     origin: Origin
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Command:
     """One statement sent to the server."""
 
@@ -167,14 +168,15 @@ class Command:
     node: str
     """pglast's node name (``CreateStmt``…), or ``unparsed``."""
     tree: Any = None
-    """pglast's parse tree of the statement, when it parsed."""
+    """pglast's parse tree of the statement, when it parsed and may matter later (not kept for INSERT and
+    SELECT, which a bulk-data file holds by the hundred thousand)."""
     copy_data: DataPiece | None = None
     """For ``COPY … FROM STDIN``: the inline rows to send through the COPY protocol."""
     offset: int = 0
     """Where ``sql`` starts inside the piece's text (a piece split by ``\\;`` holds several)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Echo:
     """A ``\\echo`` (or ``\\qecho``, ``\\warn``): a log event when the applier reaches it."""
 
@@ -587,7 +589,8 @@ class _Builder:
                         piece.origin,
                     )
                 )
-        self.add(Command(sql, piece, node, tree, copy, offset))
+        kept = None if node in _TREE_NOT_KEPT else tree
+        self.add(Command(sql, piece, node, kept, copy, offset))
 
 
 def _checksum(script: Script, sources: Mapping[str, bytes], skip_begin_commit: bool, extra: str) -> str:
@@ -636,7 +639,7 @@ def _checksum(script: Script, sources: Mapping[str, bytes], skip_begin_commit: b
         if skip_begin_commit and transaction_control(piece, None) in ("begin", "commit"):
             emit(";")
             continue
-        text = piece.raw.decode("utf-8", errors="replace")
+        text = sources[piece.origin.source][piece.origin.offset : piece.end].decode("utf-8", errors="replace")
         try:
             tokens = parser.scan(text)
         except parser.ParseError:
@@ -660,9 +663,10 @@ def analyze(
     *,
     variables: Mapping[str, str] | None = None,
     no_transaction: bool = False,
+    max_statements: int | None = None,
 ) -> Analysis:
     """Split and judge ``sources[source]``; pure, never raises for bad SQL (problems are reported)."""
-    script = split_script(source, sources, variables)
+    script = split_script(source, sources, variables, max_statements)
     builder = _Builder(script, sources, no_transaction)
     builder.build()
     for problem in script.problems:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pgsluice.migrations import Discovery
 from pgsluice.plan import Entry, Plan
 from pgsluice.problems import Problem
+from pgsluice.records import Execution
 
 if TYPE_CHECKING:
     from pgsluice.catalog import BackupInfo  # the catalog imports obstore: not for status and plan
@@ -82,6 +83,8 @@ def print_status(plan: Plan, *, as_json: bool) -> None:
     for entry in plan.entries:
         row = entry.row
         state = entry.state.value + (" (out of order)" if entry.out_of_order else "")
+        if row is not None and row.execution == Execution.COMMENTS_ONLY:
+            state += " (comments only)"
         when = row.applied_at or row.started_at if row else None
         rows.append(
             [

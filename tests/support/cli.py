@@ -144,6 +144,7 @@ def write_migrations(folder: Path, files: Mapping[str, str]) -> Path:
     """Write ``files`` (name -> SQL) into ``folder``, creating it."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text, encoding="utf-8")
     return folder
 
