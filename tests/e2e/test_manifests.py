@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,20 @@ from typing import Any
 import pytest
 import yaml
 
+from pgsluice.errors import PERMANENT, TRANSIENT
 from tests.support.cli import ROOT
 
 pytestmark = pytest.mark.e2e
 
 CHART = ROOT / "helm" / "pgsluice"
+K8S = ROOT / "k8s"
 K8S_VERSION = "1.33"
-PERMANENT, TRANSIENT = [2, 4, 6, 7], [3, 5, 8]
+# Kubernetes wants each podFailurePolicy list in ascending order.
+PERMANENT_CODES = sorted(int(code) for code in PERMANENT)
+TRANSIENT_CODES = sorted(int(code) for code in TRANSIENT)
+# Every values file in ci/ is linted, rendered in both modes, and validated.
+CI_VALUES = sorted(path.name.removesuffix("-values.yaml") for path in (CHART / "ci").glob("*-values.yaml"))
+KUSTOMIZATIONS = sorted(path.parent for path in K8S.rglob("kustomization.yaml"))
 
 
 def validate(doc: dict[str, Any]) -> None:
@@ -31,8 +39,16 @@ def render(helm: str, *args: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def the_job(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (job,) = [d for d in docs if d["kind"] == "Job"]
+def ci_values(name: str) -> str:
+    return str(CHART / "ci" / f"{name}-values.yaml")
+
+
+def jobs_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "Job"]
+
+
+def the_job(docs: list[dict[str, Any]], component: str = "migration") -> dict[str, Any]:
+    (job,) = [d for d in jobs_of(docs) if d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
     return job
 
 
@@ -41,19 +57,68 @@ def env_of(job: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
+def exit_code_rules(job: dict[str, Any]) -> dict[str, list[int]]:
+    """action → exit codes of the podFailurePolicy's onExitCodes rules."""
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    return {r["action"]: r["onExitCodes"]["values"] for r in rules if "onExitCodes" in r}
+
+
+def assert_exit_codes_match_errors(job: dict[str, Any]) -> None:
+    """Permanent codes fail the Job (a fleet: the index) at once; transient ones count; nothing else."""
+    fail = "FailIndex" if job["spec"].get("completionMode") == "Indexed" else "FailJob"
+    assert exit_code_rules(job) == {fail: PERMANENT_CODES, "Count": TRANSIENT_CODES}, job["metadata"]["name"]
+    ignore = [r for r in job["spec"]["podFailurePolicy"]["rules"] if r["action"] == "Ignore"]
+    assert ignore == [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+
+
+def assert_job_api_rules(job: dict[str, Any]) -> None:
+    """The rules of Kubernetes' Job validation that its OpenAPI schema, and so kubernetes-validate, cannot say.
+
+    From validateJobSpec and validatePodFailurePolicy (pkg/apis/batch/validation).
+    """
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    if spec.get("completionMode") == "Indexed":
+        assert "completions" in spec
+    else:
+        assert "backoffLimitPerIndex" not in spec and "maxFailedIndexes" not in spec, "requires indexed completion mode"
+    if "maxFailedIndexes" in spec:
+        assert "backoffLimitPerIndex" in spec
+        assert spec["maxFailedIndexes"] <= spec["completions"]
+    if "podFailurePolicy" not in spec:
+        return
+    assert pod["restartPolicy"] == "Never"
+    containers = {c["name"] for c in pod["containers"] + pod.get("initContainers", [])}
+    rules = spec["podFailurePolicy"]["rules"]
+    assert len(rules) <= 20
+    for rule in rules:
+        if rule["action"] == "FailIndex":
+            assert "backoffLimitPerIndex" in spec, "FailIndex requires the backoffLimitPerIndex to be set"
+        assert ("onExitCodes" in rule) != ("onPodConditions" in rule)
+        if "onExitCodes" in rule:
+            on = rule["onExitCodes"]
+            assert on.get("containerName", next(iter(containers))) in containers
+            assert 0 < len(on["values"]) <= 255
+            assert on["values"] == sorted(set(on["values"])), "must be ordered, without duplicates"
+            assert on["operator"] == "NotIn" or 0 not in on["values"]
+
+
 def assert_job_safety(job: dict[str, Any]) -> None:
     spec = job["spec"]
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False
-    assert 0 <= spec["backoffLimit"] <= 5
+    if spec.get("completionMode") == "Indexed":
+        # backoffLimit would cap the failures of all indexes together: per index only.
+        assert "backoffLimit" not in spec
+        assert 0 <= spec["backoffLimitPerIndex"] <= 5
+    else:
+        assert 0 <= spec["backoffLimit"] <= 5
     assert spec["activeDeadlineSeconds"] > 0
     assert spec["ttlSecondsAfterFinished"] > 0
-    rules = spec["podFailurePolicy"]["rules"]
-    by_action = {r["action"]: r for r in rules}
-    assert by_action["FailJob"]["onExitCodes"]["values"] == PERMANENT
-    assert by_action["Count"]["onExitCodes"]["values"] == TRANSIENT
+    assert_exit_codes_match_errors(job)
+    assert_job_api_rules(job)
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     sc, psc = container["securityContext"], pod["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
@@ -66,14 +131,81 @@ def assert_job_safety(job: dict[str, Any]) -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]]
 
 
-@pytest.mark.parametrize("values", ["hook", "job", "backup"])
+def kustomization_resources(folder: Path) -> list[str]:
+    return yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]
+
+
+def kustomization_docs(folder: Path) -> dict[str, dict[str, Any]]:
+    """kind → document, of the files a kustomization.yaml lists (one of each kind)."""
+    docs = [doc for name in kustomization_resources(folder) for doc in yaml.safe_load_all((folder / name).read_text())]
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert len(by_kind) == len(docs)
+    return by_kind
+
+
+def pod_failure_policy_jobs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Job (or a CronJob's Job template) of a manifest, when it has a podFailurePolicy."""
+    spec = doc.get("spec") or {}
+    job = {"metadata": doc.get("metadata", {}), "spec": spec.get("jobTemplate", {}).get("spec", spec)}
+    return [job] if "podFailurePolicy" in job["spec"] else []
+
+
+def test_ci_values_cover_every_mode_and_feature() -> None:
+    """The parametrized tests below run over these files: keep the features covered."""
+    assert {"hook", "job", "backup", "rollback", "fleet", "unsafe"} <= set(CI_VALUES)
+
+
+@pytest.mark.parametrize("values", CI_VALUES)
 def test_helm_lint_passes(helm: str, values: str) -> None:
     """helm lint --strict with each CI values file."""
-    subprocess.run(
-        [helm, "lint", "--strict", str(CHART), "-f", str(CHART / "ci" / f"{values}-values.yaml")],
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run([helm, "lint", "--strict", str(CHART), "-f", ci_values(values)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("mode", ["hook", "job"])
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_every_rendered_object_is_valid(helm: str, values: str, mode: str) -> None:
+    """Each CI values file, in both modes: every object validates, every Job carries the safety fields."""
+    docs = render(helm, "-f", ci_values(values), "--set", f"mode={mode}")
+    assert jobs_of(docs)
+    for doc in docs:
+        validate(doc)
+    for job in jobs_of(docs):
+        assert_job_safety(job)
+
+
+@pytest.mark.parametrize("mode", ["hook", "job"])
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_chart_exit_codes_are_those_of_pgsluice_errors(helm: str, values: str, mode: str) -> None:
+    """podFailurePolicy lists of every rendered Job (migrate, fleet, rollback) are PERMANENT and TRANSIENT."""
+    for job in jobs_of(render(helm, "-f", ci_values(values), "--set", f"mode={mode}")):
+        assert_exit_codes_match_errors(job)
+
+
+def test_chart_exit_code_defaults_are_those_of_pgsluice_errors() -> None:
+    """The one place in the chart, values.yaml, and its README row hold pgsluice.errors' lists."""
+    policy = yaml.safe_load((CHART / "values.yaml").read_text())["podFailurePolicy"]
+    assert policy == {"permanentExitCodes": PERMANENT_CODES, "transientExitCodes": TRANSIENT_CODES}
+    readme = (CHART / "README.md").read_text()
+    for key, codes in policy.items():
+        assert f"| `podFailurePolicy.{key}` | `{codes}` |" in readme
+
+
+def test_k8s_exit_codes_are_those_of_pgsluice_errors() -> None:
+    """Every manifest under k8s/ with a podFailurePolicy uses PERMANENT and TRANSIENT."""
+    found = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for job in pod_failure_policy_jobs(doc or {}):
+                assert_exit_codes_match_errors(job)
+                found.append(path.relative_to(K8S).as_posix())
+    assert {"job.yaml", "fleet/job.yaml"} <= set(found)
+
+
+def test_every_k8s_manifest_is_listed_in_its_kustomization() -> None:
+    """No manifest under k8s/ escapes validation: each is a resource of its folder's kustomization."""
+    listed = {folder / name for folder in KUSTOMIZATIONS for name in kustomization_resources(folder)}
+    manifests = {p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"}
+    assert manifests - listed == set()
 
 
 def test_hook_mode_renders_a_valid_safe_hook_job(helm: str) -> None:
@@ -90,6 +222,14 @@ def test_hook_mode_renders_a_valid_safe_hook_job(helm: str) -> None:
     env = env_of(job)
     assert env["DATABASE_URL"] == {"secretKeyRef": {"name": "app-database", "key": "DATABASE_URL"}}
     assert (env["PGSLUICE_BACKUP_URL"], env["PGSLUICE_REQUIRE_BACKUP"]) == ("none", "false")
+    assert env["PGSLUICE_UNSAFE_DDL"] == "warn"
+    assert (env["PGSLUICE_ON_DRIFT"], env["PGSLUICE_LOCK_STRATEGY"], env["PGSLUICE_STRICT_FUTURE"]) == (
+        "warn",
+        "advisory",
+        "false",
+    )
+    assert not any(name.startswith(("PGSLUICE_VAR_", "PGSLUICE_SHARD", "PGSLUICE_TARGETS")) for name in env)
+    assert [d["kind"] for d in docs] == ["Job"]
     image = job["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "pgsluice:0.1.0"
 
@@ -132,6 +272,24 @@ def test_backup_values_turn_require_backup_on_and_keep_credentials_in_secrets(he
         (["--set", "job.backoffLimit=-1"], "backoffLimit"),
         (["--set", "imagePullPolicy=Always"], "imagePullPolicy"),
         (["--set", "settings.historyTable=Bad.Name"], "historyTable"),
+        (["--set", "settings.unsafeDdl=maybe"], "unsafeDdl"),
+        (["--set", "settings.onDrift=ignore"], "onDrift"),
+        (["--set", "settings.lockStrategy=mutex"], "lockStrategy"),
+        (["--set", "settings.strictFuture=yes"], "strictFuture"),
+        (["--set-string", "settings.vars.bad-name=x"], "bad-name"),
+        (["--set", "settings.vars.batch=5"], "/settings/vars/batch"),
+        (["--set", "fleet.shards=-1"], "shards"),
+        (["--set", "fleet.shards=0"], "shards"),
+        (["--set", "fleet.backoffLimitPerIndex=-1"], "backoffLimitPerIndex"),
+        (["--set", "fleet.enabled=true"], "targets"),
+        (["--set", "fleet.enabled=true,fleet.targets={a b}"], "targets"),
+        (["--set", "fleet.enabled=true,fleet.targets={a},fleet.targetsConfigMap=t"], "not both"),
+        (["--set", "fleet.enabled=true,fleet.targets={a},fleet.maxFailedIndexes=5"], "maxFailedIndexes"),
+        (["--set", "fleet.enabled=true,fleet.targets={a},rollback.enabled=true"], "rollback.enabled"),
+        (["--set", "rollback.deletePolicy=never"], "deletePolicy"),
+        (["--set", "podFailurePolicy.permanentExitCodes={0}"], "permanentExitCodes"),
+        (["--set", "podFailurePolicy.permanentExitCodes={4,2}"], "ascending"),
+        (["--set", "podFailurePolicy.transientExitCodes={3,7}"], "exit code 7 is in both"),
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(helm: str, args: list[str], message: str) -> None:
@@ -155,18 +313,169 @@ def test_missing_existing_secret_is_an_error_that_explains_why(helm: str) -> Non
 
 def test_k8s_manifests_are_valid_and_safe() -> None:
     """Everything kustomization.yaml lists validates; the Job and the init container carry the safety fields."""
-    kustomization = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())
-    docs = {}
-    for name in kustomization["resources"]:
-        for doc in yaml.safe_load_all((ROOT / "k8s" / name).read_text()):
-            validate(doc)
-            docs[doc["kind"]] = doc
+    docs = kustomization_docs(K8S)
+    for doc in docs.values():
+        validate(doc)
     assert set(docs) == {"Secret", "ConfigMap", "Job", "Deployment"}
     assert_job_safety(docs["Job"])
     init = docs["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]
     assert init["securityContext"]["readOnlyRootFilesystem"] is True
     assert init["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "app-database"
     assert docs["Deployment"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_k8s_fleet_is_a_valid_indexed_job_over_its_targets() -> None:
+    """k8s/fleet: an Indexed Job, FailIndex on permanent codes, the shard count equal to completions."""
+    docs = kustomization_docs(K8S / "fleet")
+    for doc in docs.values():
+        validate(doc)
+    assert set(docs) == {"ConfigMap", "Job"}
+    job, targets = docs["Job"], docs["ConfigMap"]
+    assert_job_safety(job)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["backoffLimitPerIndex"]) == ("Indexed", 4, 2)
+    env = env_of(job)
+    assert env["PGSLUICE_SHARD_COUNT"] == str(spec["completions"])
+    assert env["PGSLUICE_TARGETS_FILE"] == "/targets/targets.txt"
+    assert env["DATABASE_URL"] == {"secretKeyRef": {"name": "app-database", "key": "DATABASE_URL"}}
+    pod = spec["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["migrate"]
+    assert {"name": "targets", "mountPath": "/targets", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["targets"]["configMap"]["name"] == targets["metadata"]["name"]
+    assert [item["key"] for item in volumes["targets"]["configMap"]["items"]] == list(targets["data"])
+    assert len(targets["data"]["targets.txt"].split()) >= spec["completions"]
+
+
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_k8s_kustomizations_build_into_valid_objects(folder: Path) -> None:
+    """kubectl kustomize builds each folder; the built objects validate too."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl not found: it builds the kustomizations")
+    out = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert len(docs) == len(kustomization_docs(folder))
+    for doc in docs:
+        validate(doc)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "pgsluice-example"
+
+
+def test_rollback_hook_runs_down_future_like_the_migrate_job(helm: str) -> None:
+    """rollback.enabled: a pre-rollback hook Job, `down --future`, everything else as the migrate Job."""
+    docs = render(helm, "-f", ci_values("rollback"))
+    migrate, rollback = the_job(docs), the_job(docs, "rollback")
+    for job in (migrate, rollback):
+        validate(job)
+        assert_job_safety(job)
+    assert rollback["metadata"]["name"] == "rel-pgsluice-rollback"
+    assert rollback["metadata"]["annotations"] == {
+        "helm.sh/hook": "pre-rollback",
+        "helm.sh/hook-weight": "-10",
+        "helm.sh/hook-delete-policy": "before-hook-creation",
+    }
+    assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    pod, migrate_pod = rollback["spec"]["template"]["spec"], migrate["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["down", "--future"]
+    assert migrate_pod["containers"][0]["args"] == ["migrate"]
+    # Same env, secrets, security contexts, resources, volumes; only the args differ.
+    assert {**pod["containers"][0], "args": None} == {**migrate_pod["containers"][0], "args": None}
+    assert {**pod, "containers": None} == {**migrate_pod, "containers": None}
+    assert {"name": "migrations", "configMap": {"name": "app-migrations-v41"}} in pod["volumes"]
+    assert rollback["spec"]["podFailurePolicy"] == migrate["spec"]["podFailurePolicy"]
+    assert rollback["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "rollback"
+
+
+def test_rollback_hook_is_not_rendered_in_job_mode_or_by_default(helm: str) -> None:
+    """A plain Job per revision has no Helm hooks: mode job renders the migrate Job only."""
+    for args in (["-f", ci_values("rollback"), "--set", "mode=job"], ["-f", ci_values("hook")]):
+        docs = render(helm, *args)
+        assert [job["metadata"]["name"] for job in jobs_of(docs)] in (
+            ["rel-pgsluice-migrate"],
+            ["rel-pgsluice-migrate-1"],
+        )
+        assert not any("pre-rollback" in str(d["metadata"].get("annotations")) for d in docs)
+
+
+def test_fleet_renders_an_indexed_job_over_the_targets(helm: str) -> None:
+    """fleet.enabled: Indexed Job, per-index backoff, FailIndex on permanent codes, targets in a hook ConfigMap."""
+    docs = render(helm, "-f", ci_values("fleet"))
+    job = the_job(docs)
+    (targets,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    for doc in docs:
+        validate(doc)
+    assert_job_safety(job)
+    spec = job["spec"]
+    assert job["metadata"]["name"] == "rel-pgsluice-migrate"
+    assert {k: spec.get(k) for k in ("completionMode", "completions", "parallelism", "backoffLimitPerIndex")} == {
+        "completionMode": "Indexed",
+        "completions": 3,
+        "parallelism": 3,
+        "backoffLimitPerIndex": 2,
+    }
+    assert spec["maxFailedIndexes"] == 1
+    assert "backoffLimit" not in spec
+    rules = {r["action"]: r for r in spec["podFailurePolicy"]["rules"]}
+    assert set(rules) == {"FailIndex", "Count", "Ignore"}
+    assert rules["FailIndex"]["onExitCodes"]["values"] == PERMANENT_CODES
+    assert rules["Count"]["onExitCodes"]["values"] == TRANSIENT_CODES
+    assert rules["Ignore"]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    pod = spec["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["migrate"]
+    env = env_of(job)
+    assert env["PGSLUICE_TARGETS_FILE"] == "/targets/targets.txt"
+    assert (env["PGSLUICE_SHARD_COUNT"], env["PGSLUICE_PARALLEL"], env["PGSLUICE_CANARY"]) == ("3", "2", "1")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["targets"]["configMap"] == {
+        "name": "rel-pgsluice-targets",
+        "items": [{"key": "targets.txt", "path": "targets.txt"}],
+    }
+    assert targets["metadata"]["name"] == "rel-pgsluice-targets"
+    assert targets["data"]["targets.txt"] == "tenant_1\ntenant_2\napp:tenant_17\nreports:tenant_18\n"
+    # A hook Job runs before the release's resources exist: its ConfigMap is an earlier hook.
+    annotations = targets["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(annotations["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+
+
+def test_fleet_defaults_and_an_existing_targets_config_map(helm: str) -> None:
+    """Defaults: parallelism = shards, no maxFailedIndexes, no canary; targetsConfigMap renders no ConfigMap."""
+    docs = render(helm, "-f", ci_values("job"), "--set", "fleet.enabled=true,fleet.targetsConfigMap=tenants")
+    job = the_job(docs)
+    validate(job)
+    assert_job_safety(job)
+    assert [d["kind"] for d in docs] == ["Job"]
+    spec = job["spec"]
+    assert (spec["completions"], spec["parallelism"], spec["backoffLimitPerIndex"]) == (4, 4, 2)
+    assert "maxFailedIndexes" not in spec
+    env = env_of(job)
+    assert (env["PGSLUICE_SHARD_COUNT"], env["PGSLUICE_PARALLEL"]) == ("4", "1")
+    assert "PGSLUICE_CANARY" not in env
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    assert volumes["targets"]["configMap"]["name"] == "tenants"
+
+
+def test_fleet_targets_config_map_follows_the_job_in_job_mode(helm: str) -> None:
+    """Mode job: a plain ConfigMap with the Job's annotations (an Argo CD sync wave), no Helm hook."""
+    docs = render(helm, "-f", ci_values("job"), "-f", ci_values("fleet"), "--set", "mode=job")
+    (targets,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert targets["metadata"]["annotations"] == {"argocd.argoproj.io/sync-wave": "-1"}
+    assert the_job(docs)["metadata"]["name"] == "rel-pgsluice-migrate-1"
+
+
+def test_new_settings_are_passed_as_environment(helm: str) -> None:
+    """unsafeDdl block and the other new settings reach the container; each var is one PGSLUICE_VAR_."""
+    job = the_job(render(helm, "-f", ci_values("unsafe")))
+    validate(job)
+    env = env_of(job)
+    assert env["PGSLUICE_UNSAFE_DDL"] == "block"
+    assert (env["PGSLUICE_ON_DRIFT"], env["PGSLUICE_LOCK_STRATEGY"], env["PGSLUICE_STRICT_FUTURE"]) == (
+        "fail",
+        "lease",
+        "true",
+    )
+    variables = {k: v for k, v in env.items() if k.startswith("PGSLUICE_VAR_")}
+    assert variables == {"PGSLUICE_VAR_app_role": "app_rw", "PGSLUICE_VAR_search_path": "app"}
 
 
 def test_chart_readme_documents_every_value() -> None:
