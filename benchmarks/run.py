@@ -334,8 +334,10 @@ def backup_bench(bench: Bench, runs: int) -> list[tuple[str, float, str, float, 
         growth = results[70] / results[7] - 1
         rows.append(
             (
-                f"peak RSS of pgsluice: {results[7] / 1024**2:.0f} MiB at ~100 MB, "
-                f"{results[70] / 1024**2:.0f} MiB at ~1 GB",
+                (
+                    f"peak RSS of pgsluice: {results[7] / 1024**2:.0f} MiB at ~100 MB, "
+                    f"{results[70] / 1024**2:.0f} MiB at ~1 GB"
+                ),
                 results[70] / 1024**2,
                 "MiB",
                 200.0,

@@ -28,7 +28,7 @@ def render(text: str) -> str:
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- {name}:start --> … <!-- {name}:end --> block")
-        text = pattern.sub(lambda m, c=content: m.group(1) + c + m.group(2), text)
+        text = pattern.sub(lambda m: f"{m.group(1)}{content}{m.group(2)}", text)  # noqa: B023 - used at once
     return text
 
 

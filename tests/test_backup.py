@@ -216,7 +216,7 @@ class _Always500(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _fail  # noqa: N815 - http.server's method names
 
-    def log_message(self, *args: Any) -> None:
+    def log_message(self, *args: Any) -> None:  # noqa: ARG002 - http.server's signature
         return
 
 
@@ -257,7 +257,7 @@ class _HoldingProxy:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward  # noqa: N815 - http.server's names
 
-            def log_message(self, *args: Any) -> None:
+            def log_message(self, *args: Any) -> None:  # noqa: ARG002 - http.server's signature
                 return
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)

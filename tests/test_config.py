@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pgsluice.config import TableName, load_config, parse_duration, parse_size
+from pgsluice.config import TableName, load_config
 from pgsluice.errors import ConfigError, ExitCode
+from pgsluice.options import parse_duration, parse_size
 
 
 def test_flag_beats_pgsluice_env_beats_standard_env_beats_default() -> None:

@@ -23,7 +23,7 @@ def test_versions_are_numbers_of_any_width_in_numeric_order() -> None:
 def test_malformed_names_are_errors_naming_the_file() -> None:
     """Upper case, dashes or no version: a clear error, before anything runs."""
     found = discover([("004-add.sql", b"SELECT 1"), ("Add_users.sql", b"SELECT 1"), ("005_Add.sql", b"SELECT 1")])
-    assert sorted(p.filename for p in found.problems) == ["004-add.sql", "005_Add.sql", "Add_users.sql"]
+    assert sorted(str(p.filename) for p in found.problems) == ["004-add.sql", "005_Add.sql", "Add_users.sql"]
     assert all("NNN_name.sql" in p.hint for p in found.problems)
 
 
@@ -66,8 +66,10 @@ def test_directive_and_non_transactional_statements() -> None:
     assert without.no_transaction
     warnings = without.warnings()
     assert [w.message for w in warnings] == [
-        "005_idx.sql line 1: CREATE INDEX CONCURRENTLY cannot run inside a transaction: the file runs statement "
-        "by statement, as psql runs it, not atomically"
+        (
+            "005_idx.sql line 1: CREATE INDEX CONCURRENTLY cannot run inside a transaction: the file runs statement "
+            "by statement, as psql runs it, not atomically"
+        )
     ]
     assert "-- pgsluice: no-transaction" in warnings[0].hint
     with_directive = discover(

@@ -185,7 +185,7 @@ def test_bad_copy_data_rolls_the_whole_migration_back(db: Database, mdir: Path) 
     assert db.scalar("SELECT to_regclass('t') IS NULL") is True
 
 
-def test_a_50_mib_copy_file_streams_with_bounded_memory(db: Database, mdir: Path, tmp_path: Path) -> None:
+def test_a_50_mib_copy_file_streams_with_bounded_memory(db: Database, mdir: Path) -> None:
     """550,000 rows inline: applied in one transaction; pgsluice's peak RSS is printed for the record and stays
     well below what holding the file several times would take."""
     path = mdir / "001_big.sql"

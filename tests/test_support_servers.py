@@ -96,14 +96,14 @@ def tls_files() -> Iterator[TlsFiles]:
 
 
 @pytest.fixture(scope="module")
-def tls_server(cluster: PostgresServer, tls_files: TlsFiles) -> Iterator[PostgresServer]:
+def tls_server(cluster: PostgresServer, tls_files: TlsFiles) -> Iterator[PostgresServer]:  # noqa: ARG001 - skips without a local cluster
     """A second cluster with TLS on, its certificate naming localhost and 127.0.0.1."""
     with PostgresServer(settings=ssl_settings(tls_files.server_cert, tls_files.server_key)) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def wrong_name_server(cluster: PostgresServer, tls_files: TlsFiles) -> Iterator[PostgresServer]:
+def wrong_name_server(cluster: PostgresServer, tls_files: TlsFiles) -> Iterator[PostgresServer]:  # noqa: ARG001 - skips without a local cluster
     """A third cluster with TLS on, its certificate naming only db.example.invalid."""
     with PostgresServer(settings=ssl_settings(tls_files.wrong_name_cert, tls_files.wrong_name_key)) as server:
         yield server

@@ -127,7 +127,7 @@ def _where(migration: Migration, command: Command | None, position: int | None) 
     return Location(migration.filename, migration.version, line), f" in the statement at line {line}{of}"
 
 
-def _hint_for(migration: Migration, sqlstate: str | None, server_hint: str | None, attempt: _Attempt) -> str:
+def _hint_for(migration: Migration, sqlstate: str | None, server_hint: str | None) -> str:
     if sqlstate in RETRYABLE_SQLSTATES:
         return (
             "a long transaction holds a lock this migration needs; find it in pg_stat_activity, "
@@ -184,7 +184,7 @@ def _failure(
     message += "".join(f"; {e}" for e in extras if e)
     if diag.sqlstate in RETRYABLE_SQLSTATES and attempt.last:
         message += f" after {attempt.number} attempt(s)"
-    hint = _hint_for(migration, diag.sqlstate, diag.message_hint, attempt)
+    hint = _hint_for(migration, diag.sqlstate, diag.message_hint)
     if left_started:
         message += f"; the migration is half-applied: history row {migration.version} stays 'started'"
         if invalid_indexes:
@@ -389,7 +389,7 @@ class _Applier:
                 for migration in batch:
                     sent.append(_SentMigration(migration))  # listed before it is sent: an earlier error surfaces
                     _send(self.conn, sent[-1], self.config)
-        except BaseException as exc:  # a psycopg error, or Interrupted (psycopg cancelled the query)
+        except BaseException as exc:  # noqa: BLE001 - a psycopg error, or Interrupted: re-raised below, once the commits are counted
             failure = exc
         for done in sent:
             if not done.committed():
@@ -411,7 +411,6 @@ class _Applier:
         """psql's way: each block of the file in its own transaction, other statements in autocommit."""
         conn, config, table = self.conn, self.config, self.config.history_table
         _history_write(
-            conn,
             migration,
             config,
             "before running it",
@@ -447,17 +446,13 @@ class _Applier:
                 raise _failure(
                     conn, migration, exc, command, attempt, left_started=True, invalid_indexes=invalid
                 ) from exc
-        _history_write(
-            conn, migration, config, "after it ran", lambda: history.mark_applied(conn, table, migration.version)
-        )
+        _history_write(migration, config, "after it ran", lambda: history.mark_applied(conn, table, migration.version))
         for query in SESSION_RESET:
             conn.execute(query)
         self.applied(migration, 0.0, attempt.number)
 
 
-def _history_write(
-    conn: psycopg.Connection[Any], migration: Migration, config: Config, when: str, write: Callable[[], Any]
-) -> Any:
+def _history_write(migration: Migration, config: Config, when: str, write: Callable[[], Any]) -> Any:
     """A history write outside the migration's own transaction (no-transaction files); a history table a
     migration dropped is a clear error with the way back, not a traceback."""
     try:
@@ -551,5 +546,6 @@ def apply_plan(
         except MigrationFailedError as exc:
             if _retryable(exc) and queue and queue[0] is not head:
                 continue  # later migrations committed before this one failed: it gets retries of its own
-            log.error(Event.MIGRATION_FAILED, **exc.report_fields())
+            # An expected failure: the event carries its location; a traceback would only repeat it.
+            log.error(Event.MIGRATION_FAILED, **exc.report_fields())  # noqa: TRY400
             raise

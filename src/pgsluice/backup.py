@@ -73,7 +73,7 @@ def interruptible(work: Callable[[], None], on_interrupt: Callable[[], None] = l
     def run() -> None:
         try:
             work()
-        except BaseException as exc:  # handed to the waiting thread as is
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
             outcome.append(exc)
         finally:
             done.set()
@@ -99,6 +99,16 @@ def _compression(config: Config, dump_major: int) -> tuple[str, str]:
     if dump_major >= 16:
         return "zstd", f"zstd:{level if level is not None else 3}"
     return "gzip", str(level if level is not None else 6)  # pg_dump < 16 takes a bare gzip level
+
+
+def _check_dump_exit(code: int, size: int, stderr: str) -> None:
+    """BackupError when pg_dump did not exit 0, with how it ended and its last words."""
+    if code != 0:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise BackupError(
+            f"pg_dump {how} after {size} bytes: {stderr}",
+            hint="no migration was applied; fix the cause (see pg_dump's message) and run again",
+        )
 
 
 def _one_line(text: object, config: Config, limit: int = 600) -> str:
@@ -142,12 +152,7 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_du
                 yield chunk
             code = proc.wait()
             log.debug(Event.BACKUP_DUMP_FINISHED, bytes=size, exit_code=code)
-            if code != 0:
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                raise BackupError(
-                    f"pg_dump {how} after {size} bytes: {config.redactor(stderr.text())}",
-                    hint="no migration was applied; fix the cause (see pg_dump's message) and run again",
-                )
+            _check_dump_exit(code, size, config.redactor(stderr.text()))
         except BaseException as exc:
             failure.append(exc)
             raise

@@ -132,6 +132,16 @@ def parse_variable(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _part_size(value: int | None) -> None:
+    if value is not None and value < 5 * 1024**2:
+        raise ValueError("must be at least 5MiB (the S3 minimum part size)")
+
+
+def _at_least_one(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError("must be at least 1")
+
+
 def _level(value: int | None) -> None:
     if value is not None and not 0 <= value <= 19:
         raise ValueError(f"{value} is out of range: zstd takes 1 to 19 (pg_dump >= 16), gzip 0 to 9")
@@ -297,6 +307,7 @@ class Settings:
         None,
         "multipart part size; unset: the database size / 8000, from 8MiB to 96MiB",
         parse=parse_size,
+        check=_part_size,
         unit="bytes",
         commands=DUMPING_COMMANDS,
     )
@@ -304,6 +315,7 @@ class Settings:
         None,
         "parts uploaded at once; unset: as many as fit 128MiB, from 1 to 4",
         parse=parse_count,
+        check=_at_least_one,
         unit="count",
         commands=DUMPING_COMMANDS,
     )
@@ -424,11 +436,10 @@ def termination_log_of(argv: Sequence[str], env: Mapping[str, str] | None = None
     return DEFAULT_TERMINATION_LOG if DEFAULT_TERMINATION_LOG.exists() else None
 
 
-def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
-    """Merge parsed flags with the environment; raises ConfigError naming the bad setting."""
-    env = os.environ if env is None else env
-    command = str(args.get("command") or "migrate")
-    redactor = Redactor(env[name] for name in SECRET_ENV if env.get(name))
+def _resolve_options(
+    args: Mapping[str, Any], env: Mapping[str, str], redactor: Redactor
+) -> tuple[dict[str, Any], list[str]]:
+    """Every option's value by precedence, parsed and checked; and the warnings they deserve."""
     values: dict[str, Any] = {}
     warnings: list[str] = []
     for opt in OPTIONS:
@@ -444,7 +455,37 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
                     f"{opt.flag} carries a password, which every user of this machine can read in the process "
                     f"list: use {opt.env} or {opt.env}_FILE (a mounted secret) instead"
                 )
+    return values, warnings
 
+
+def _check_command(command: str, values: Mapping[str, Any], args: Mapping[str, Any], env: Mapping[str, str]) -> None:
+    """What a command needs of the settings, checked before anything connects."""
+    if command == "restore" and not values["restore_database_url"]:
+        raise ConfigError(
+            "restore: no target database",
+            hint="set PGSLUICE_RESTORE_DATABASE_URL (or its _FILE variant), or pass --target-database",
+        )
+    if command in CONNECTING_COMMANDS:
+        _check_pg_env(env)
+    if command == "migrate" and values["require_backup"] and values["backup_url"] is None:
+        raise ConfigError(
+            "--require-backup is set but no backup target is configured",
+            hint="set --backup-url / PGSLUICE_BACKUP_URL to s3://, gs://, az:// or file:// URL",
+        )
+    name = args.get("name")
+    if command == "new" and name is not None and len(str(name).encode()) > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"new: the name is {len(str(name).encode())} bytes long; a file name must stay under 255 bytes",
+            hint=f"use a name of at most {MAX_NAME_BYTES} bytes",
+        )
+
+
+def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Merge parsed flags with the environment; raises ConfigError naming the bad setting."""
+    env = os.environ if env is None else env
+    command = str(args.get("command") or "migrate")
+    redactor = Redactor(env[name] for name in SECRET_ENV if env.get(name))
+    values, warnings = _resolve_options(args, env, redactor)
     password = None
     if env.get("PGPASSWORD_FILE"):
         try:
@@ -452,37 +493,13 @@ def load_config(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         except ValueError as exc:
             raise ConfigError(f"PGPASSWORD_FILE: {exc}") from exc
         redactor.add(password)
-
-    if command in CONNECTING_COMMANDS:
-        if values["database_url"]:
-            _check_connection(values["database_url"], "the database URL", redactor)
-        _check_pg_env(env)
+    _check_command(command, values, args, env)
+    if command in CONNECTING_COMMANDS and values["database_url"]:
+        _check_connection(values["database_url"], "the database URL", redactor)
     if command == "restore":
-        target = values["restore_database_url"]
-        if not target:
-            raise ConfigError(
-                "restore: no target database",
-                hint="set PGSLUICE_RESTORE_DATABASE_URL (or its _FILE variant), or pass --target-database",
-            )
-        _check_connection(target, "the restore target's URL", redactor)
-    if command == "migrate" and values["require_backup"] and values["backup_url"] is None:
-        raise ConfigError(
-            "--require-backup is set but no backup target is configured",
-            hint="set --backup-url / PGSLUICE_BACKUP_URL to s3://, gs://, az:// or file:// URL",
-        )
-    if values["backup_part_size_bytes"] is not None and values["backup_part_size_bytes"] < 5 * 1024**2:
-        raise ConfigError("--backup-part-size: must be at least 5MiB (the S3 minimum part size)")
-    if values["backup_concurrency"] is not None and values["backup_concurrency"] < 1:
-        raise ConfigError("--backup-concurrency: must be at least 1")
-    name = args.get("name")
-    if command == "new" and name is not None and len(str(name).encode()) > MAX_NAME_BYTES:
-        raise ConfigError(
-            f"new: the name is {len(str(name).encode())} bytes long; a file name must stay under 255 bytes",
-            hint=f"use a name of at most {MAX_NAME_BYTES} bytes",
-        )
+        _check_connection(values["restore_database_url"], "the restore target's URL", redactor)
     if values["termination_log"] is None and DEFAULT_TERMINATION_LOG.exists():
         values["termination_log"] = DEFAULT_TERMINATION_LOG
-
     return Config(
         **values,
         command=command,

@@ -75,7 +75,7 @@ def parse_count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
+        raise ValueError(f"{text!r} is not a whole number") from None  # int()'s own message adds nothing
     if value < 0:
         raise ValueError(f"{text!r} must not be negative")
     return value

@@ -222,7 +222,7 @@ def _restore_via_script(
                     batch.clear()
             sink.write(batch)
             sink.flush()
-        except BaseException as exc:  # psql gone (it failed): its exit code says why
+        except BaseException as exc:  # noqa: BLE001 - psql gone (it failed): its exit code says why
             pump_failed.append(exc)
             producer.kill()  # nobody reads it any more
 

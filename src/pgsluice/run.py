@@ -306,7 +306,7 @@ def run_backup(config: Config, report: Report) -> ExitCode:
     return ExitCode.OK
 
 
-def run_backups(config: Config, report: Report) -> ExitCode:
+def run_backups(config: Config, report: Report) -> ExitCode:  # noqa: ARG001 - every runner has one signature
     """List the complete backups in the store, newest first."""
     from pgsluice.catalog import list_backups
     from pgsluice.storage import open_store

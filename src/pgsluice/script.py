@@ -51,6 +51,7 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
+_BLANK = frozenset({"ws", "nl", "line_comment"})
 _ESTRING_END = re.compile(rb"(?:[^'\\]|\\.|'')*'", re.DOTALL)
 _COMMENT_MARK = re.compile(rb"/\*|\*/")
 _META_NAME = re.compile(rb"[^\s\\]+")
@@ -228,71 +229,74 @@ class _Lexer:
         self.problems.append(ScriptProblem(message, hint, self.origin(offset)))
 
     def run(self) -> None:
-        data = self.data
-        pos = 0
-        stmt = _Statement()
-        size = len(data)
-        match = _TOKEN.match
+        data, size, match = self.data, len(self.data), _TOKEN.match
+        pos, stmt = 0, _Statement()
         while pos < size:
-            if self.max_statements is not None and len(self.pieces) > self.max_statements:
-                self.problem(
-                    f"more than {self.max_statements} statements in the file (--max-statements): pgsluice stopped "
-                    "reading it here rather than hold them all in memory",
-                    "load bulk data with COPY … FROM STDIN (pg_dump --data-only writes it) or split the file; "
-                    "or raise --max-statements if the machine has the memory (about 1 KiB a statement)",
-                    pos,
-                )
+            if self._too_many(pos):
                 return
             m = match(data, pos)
             assert m is not None  # noqa: S101 - the last alternative matches any byte
-            kind = m.lastgroup
-            end = m.end()
-            if kind in ("ws", "nl", "line_comment"):
-                pos = end
+            kind, end = m.lastgroup, m.end()
+            if kind in _BLANK or (stmt.start < 0 and kind == "semi"):
+                pos = end  # whitespace, a line comment, or an empty statement (psql sends nothing)
                 continue
-            if stmt.start < 0:
-                if kind == "semi":
-                    pos = end  # an empty statement: psql sends nothing
-                    continue
-                if kind != "backslash":
-                    stmt.start = pos
-                    stmt.line = self.line_of(pos)
-            if kind == "block_comment":
-                end = self._block_comment_end(pos)
-            elif kind == "estring":
-                found = _ESTRING_END.match(data, end)
-                end = found.end() if found else self._unterminated("an E'…' string", pos)
-            elif kind == "string":
-                end = self._quoted_end(end, b"'", "a quoted string", pos)
-            elif kind == "qident":
-                end = self._quoted_end(end, b'"', "a quoted identifier", pos)
-            elif kind == "dollar":
-                close = data.find(m.group(), end)
-                end = close + len(m.group()) if close >= 0 else self._unterminated("a dollar-quoted string", pos)
-            elif kind == "ident":
-                self._identifier(stmt, m.group())
-            elif kind == "open":
-                stmt.paren += 1
-            elif kind == "close":
-                stmt.paren = max(0, stmt.paren - 1)
-            elif kind == "bopen":
-                stmt.bracket += 1
-            elif kind == "bclose":
-                stmt.bracket = max(0, stmt.bracket - 1)
+            if stmt.start < 0 and kind != "backslash":
+                stmt.start, stmt.line = pos, self.line_of(pos)
+            if kind == "backslash":
+                pos = self._backslash(stmt, pos)
             elif kind in ("var", "qvar"):
                 self._variable(stmt, m.group(), pos)
                 pos = end
-                continue
-            elif kind == "backslash":
-                pos = self._backslash(stmt, pos)
-                continue
             elif kind == "semi" and stmt.paren == 0 and stmt.begin == 0:
                 pos = self._finish(stmt, end)
                 stmt = _Statement()
-                continue
-            pos = end
+            else:
+                pos = self._opaque_end(kind, m) or self._track(kind, m.group(), stmt, end)
         if stmt.start >= 0:
             self._finish(stmt, size)  # psql sends an unterminated last statement at the end of the file
+
+    def _too_many(self, pos: int) -> bool:
+        if self.max_statements is None or len(self.pieces) <= self.max_statements:
+            return False
+        self.problem(
+            f"more than {self.max_statements} statements in the file (--max-statements): pgsluice stopped "
+            "reading it here rather than hold them all in memory",
+            "load bulk data with COPY … FROM STDIN (pg_dump --data-only writes it) or split the file; "
+            "or raise --max-statements if the machine has the memory (about 1 KiB a statement)",
+            pos,
+        )
+        return True
+
+    def _opaque_end(self, kind: str | None, m: re.Match[bytes]) -> int | None:
+        """Where a comment, a quoted string or identifier, or a dollar-quoted string ends; None for other tokens."""
+        pos, end = m.start(), m.end()
+        if kind == "block_comment":
+            return self._block_comment_end(pos)
+        if kind == "estring":
+            found = _ESTRING_END.match(self.data, end)
+            return found.end() if found else self._unterminated("an E'…' string", pos)
+        if kind == "string":
+            return self._quoted_end(end, b"'", "a quoted string", pos)
+        if kind == "qident":
+            return self._quoted_end(end, b'"', "a quoted identifier", pos)
+        if kind == "dollar":
+            close = self.data.find(m.group(), end)
+            return close + len(m.group()) if close >= 0 else self._unterminated("a dollar-quoted string", pos)
+        return None
+
+    def _track(self, kind: str | None, token: bytes, stmt: _Statement, end: int) -> int:
+        """Follow parentheses, brackets and the words psql watches; returns where the token ends."""
+        if kind == "ident":
+            self._identifier(stmt, token)
+        elif kind == "open":
+            stmt.paren += 1
+        elif kind == "close":
+            stmt.paren = max(0, stmt.paren - 1)
+        elif kind == "bopen":
+            stmt.bracket += 1
+        elif kind == "bclose":
+            stmt.bracket = max(0, stmt.bracket - 1)
+        return end
 
     def _unterminated(self, what: str, start: int) -> int:
         self.problem(

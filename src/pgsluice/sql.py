@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pgsluice.script import DataPiece, MetaPiece, Origin, Script, SqlPiece, split_script
+from pgsluice.script import DataPiece, MetaPiece, Origin, Piece, Script, SqlPiece, split_script
 
 CHECKSUM_PREFIX = "t1:"  # hash of the token stream, algorithm version 1
 RAW_CHECKSUM_PREFIX = "r1:"  # fallback when the scanner cannot tokenize the file
@@ -139,6 +139,14 @@ _SESSION_NEUTRAL = frozenset(
         "VacuumStmt",
     }
 )
+_REFUSED_CONTROL = {
+    "rollback": "ROLLBACK would silently drop the block's work (psql goes on after it)",
+    "rollback and chain": "ROLLBACK AND CHAIN would silently drop the block's work",
+    "commit and chain": "COMMIT AND CHAIN",
+    "prepare transaction": "PREPARE TRANSACTION (two-phase commit)",
+    "commit prepared": "COMMIT PREPARED (two-phase commit)",
+    "rollback prepared": "ROLLBACK PREPARED (two-phase commit)",
+}
 _TREE_NOT_KEPT = frozenset({"InsertStmt", "SelectStmt"})
 _NON_TRANSACTIONAL_WORDS = (
     (re.compile(r"^create\s+(unique\s+)?index\s+concurrently\b", re.I), "CREATE INDEX CONCURRENTLY"),
@@ -487,69 +495,65 @@ class _Builder:
         self.first_statement = False
         control = transaction_control(piece, tree)
         if control == "begin":
-            if self.block_begin is not None:
-                self.errors.append(
-                    SqlIssue(
-                        "BEGIN inside a block that is already open (psql would only warn and go on)",
-                        "remove the inner BEGIN, or COMMIT the first block before it",
-                        piece.origin,
-                    )
-                )
-                return
-            options = (tree is not None and bool(tree.options)) or (tree is None and len(piece.keywords) > 1)
-            if options and first:
-                self.begin_sql = sql
-            elif options and not self.no_transaction:
-                self.errors.append(
-                    SqlIssue(
-                        "BEGIN with transaction options (isolation level, read only) after the file's first "
-                        "statement: the whole file runs as one transaction",
-                        "move the options to a BEGIN on the file's first statement, or use "
-                        "'-- pgsluice: no-transaction' to run each block as its own transaction",
-                        piece.origin,
-                    )
-                )
-            self.block_begin = piece
-            self.block_steps = []
-            self.block_sql = sql
-            return
-        if control == "commit":
-            if self.block_begin is None:
-                self.errors.append(
-                    SqlIssue(
-                        "COMMIT without a BEGIN before it (unbalanced)",
-                        "pgsluice runs each migration in its own transaction: remove this COMMIT, or add the "
-                        "BEGIN that opens its block",
-                        piece.origin,
-                    )
-                )
-                return
-            self.merged.append((self.block_begin.origin.line, piece.origin.line))
-            block_steps = self.block_steps or []
-            if block_steps:
-                self.blocks.append(Block(tuple(block_steps), explicit=True, begin_sql=self.block_sql))
-            self.block_begin = None
-            self.block_steps = None
-            return
-        if control not in (None, "savepoint"):
-            words = {
-                "rollback": "ROLLBACK would silently drop the block's work (psql goes on after it)",
-                "rollback and chain": "ROLLBACK AND CHAIN would silently drop the block's work",
-                "commit and chain": "COMMIT AND CHAIN",
-                "prepare transaction": "PREPARE TRANSACTION (two-phase commit)",
-                "commit prepared": "COMMIT PREPARED (two-phase commit)",
-                "rollback prepared": "ROLLBACK PREPARED (two-phase commit)",
-            }.get(control, control.upper())
-            if control.startswith("rollback") or control == "prepare transaction":
-                self.block_begin, self.block_steps = None, None  # the block ends here (reported once)
-            self.errors.append(
-                SqlIssue(
-                    f"transaction control is not allowed here: {words}",
-                    "pgsluice runs each migration in its own transaction; remove it, or split the file",
-                    piece.origin,
-                )
+            self.begin(piece, sql, tree, first=first)
+        elif control == "commit":
+            self.commit(piece)
+        elif control not in (None, "savepoint"):
+            self.refused_control(piece, control)
+        else:
+            self.command(piece, sql, tree, offset, copy)
+
+    def begin(self, piece: SqlPiece, sql: str, tree: Any, *, first: bool) -> None:
+        if self.block_begin is not None:
+            self.error(
+                "BEGIN inside a block that is already open (psql would only warn and go on)",
+                "remove the inner BEGIN, or COMMIT the first block before it",
+                piece,
             )
             return
+        options = (tree is not None and bool(tree.options)) or (tree is None and len(piece.keywords) > 1)
+        if options and first:
+            self.begin_sql = sql
+        elif options and not self.no_transaction:
+            self.error(
+                "BEGIN with transaction options (isolation level, read only) after the file's first "
+                "statement: the whole file runs as one transaction",
+                "move the options to a BEGIN on the file's first statement, or use "
+                "'-- pgsluice: no-transaction' to run each block as its own transaction",
+                piece,
+            )
+        self.block_begin = piece
+        self.block_steps = []
+        self.block_sql = sql
+
+    def commit(self, piece: SqlPiece) -> None:
+        if self.block_begin is None:
+            self.error(
+                "COMMIT without a BEGIN before it (unbalanced)",
+                "pgsluice runs each migration in its own transaction: remove this COMMIT, or add the "
+                "BEGIN that opens its block",
+                piece,
+            )
+            return
+        self.merged.append((self.block_begin.origin.line, piece.origin.line))
+        if self.block_steps:
+            self.blocks.append(Block(tuple(self.block_steps), explicit=True, begin_sql=self.block_sql))
+        self.block_begin = None
+        self.block_steps = None
+
+    def refused_control(self, piece: SqlPiece, control: str) -> None:
+        if control.startswith("rollback") or control == "prepare transaction":
+            self.block_begin, self.block_steps = None, None  # the block ends here (reported once)
+        self.error(
+            f"transaction control is not allowed here: {_REFUSED_CONTROL.get(control, control.upper())}",
+            "pgsluice runs each migration in its own transaction; remove it, or split the file",
+            piece,
+        )
+
+    def error(self, message: str, hint: str, piece: SqlPiece) -> None:
+        self.errors.append(SqlIssue(message, hint, piece.origin))
+
+    def command(self, piece: SqlPiece, sql: str, tree: Any, offset: int, copy: DataPiece | None) -> None:
         if tree is not None:
             reason = non_transactional_reason(tree)
             self.neutral = self.neutral and _session_neutral(tree)
@@ -561,36 +565,95 @@ class _Builder:
         if reason:
             self.non_transactional.append(SqlIssue(reason, "", piece.origin))
             if self.block_begin is not None:
-                self.errors.append(
-                    SqlIssue(
-                        f"{reason} cannot run inside a transaction block "
-                        f"(BEGIN at line {self.block_begin.origin.line})",
-                        "move it out of the BEGIN … COMMIT block",
-                        piece.origin,
-                    )
+                self.error(
+                    f"{reason} cannot run inside a transaction block (BEGIN at line {self.block_begin.origin.line})",
+                    "move it out of the BEGIN … COMMIT block",
+                    piece,
                 )
-        if piece.copy_from_stdin and copy is None:
-            self.errors.append(SqlIssue("COPY … FROM STDIN without its data", "put the rows after it", piece.origin))
-        if tree is not None and _node_name(tree) == "CopyStmt" and copy is None:
-            if not tree.is_from:
-                target = "STDOUT" if tree.filename is None else "a file"
-                self.errors.append(
-                    SqlIssue(
-                        f"COPY … TO {target} writes output nobody reads in a migration",
-                        "remove it; to export data, run it outside the migrations",
-                        piece.origin,
-                    )
-                )
-            elif tree.filename is not None or tree.is_program:
-                self.errors.append(
-                    SqlIssue(
-                        "COPY … FROM a file or program reads the database server's own file system",
-                        "put the rows inline after COPY … FROM STDIN;, ending with a \\. line",
-                        piece.origin,
-                    )
-                )
+        self.copy_checks(piece, tree if node == "CopyStmt" else None, copy)
         kept = None if node in _TREE_NOT_KEPT else tree
         self.add(Command(sql, piece, node, kept, copy, offset))
+
+    def copy_checks(self, piece: SqlPiece, copy_tree: Any, copy: DataPiece | None) -> None:
+        if piece.copy_from_stdin and copy is None:
+            self.error("COPY … FROM STDIN without its data", "put the rows after it", piece)
+        if copy_tree is None or copy is not None:
+            return
+        if not copy_tree.is_from:
+            target = "STDOUT" if copy_tree.filename is None else "a file"
+            self.error(
+                f"COPY … TO {target} writes output nobody reads in a migration",
+                "remove it; to export data, run it outside the migrations",
+                piece,
+            )
+        elif copy_tree.filename is not None or copy_tree.is_program:
+            self.error(
+                "COPY … FROM a file or program reads the database server's own file system",
+                "put the rows inline after COPY … FROM STDIN;, ending with a \\. line",
+                piece,
+            )
+
+
+class _TokenHash:
+    """The checksum's hash, fed token by token.
+
+    Earlier releases joined the token values with \\x1f, collapsing runs of ';' and dropping
+    leading and trailing ones, then added \\x1e and the extra; this streams the same bytes."""
+
+    def __init__(self) -> None:
+        self.hasher = hashlib.sha256()
+        self.pending_semicolon = False
+        self.started = False
+
+    def _part(self, value: str) -> None:
+        if self.started:
+            self.hasher.update(b"\x1f")
+        self.hasher.update(value.encode())
+        self.started = True
+
+    def add(self, value: str) -> None:
+        if value == ";":
+            self.pending_semicolon = self.started
+            return
+        if self.pending_semicolon:
+            self._part(";")
+            self.pending_semicolon = False
+        self._part(value)
+
+    def hexdigest(self, extra: str) -> str:
+        self.hasher.update(b"\x1e" + extra.encode())
+        return self.hasher.hexdigest()
+
+
+def _statement_tokens(text: str) -> list[str]:
+    """The statement's token values: comments out, keywords and unquoted names lowercased. ParseError when
+    the scanner cannot tokenize it."""
+    from pglast import parser
+
+    values: list[str] = []
+    for tok in parser.scan(text):
+        if tok.name in ("SQL_COMMENT", "C_COMMENT"):
+            continue
+        value = text[tok.start : tok.end + 1]
+        if tok.kind != "NO_KEYWORD" or (tok.name == "IDENT" and not value.startswith('"')):
+            value = value.lower()
+        values.append(value)
+    return values
+
+
+def _piece_tokens(piece: Piece, sources: Mapping[str, bytes], skip_begin_commit: bool) -> list[str]:
+    """What one piece adds to the checksum (nothing for meta-commands that change nothing)."""
+    if isinstance(piece, MetaPiece):
+        settles_display = piece.name in VARIABLE_META and bool(piece.args) and piece.args[0] in DISPLAY_SETTINGS
+        if piece.name in IGNORED_META or piece.name in ECHO_META or settles_display:
+            return []
+        return ["\\" + piece.name + " " + " ".join(piece.args), ";"]
+    if isinstance(piece, DataPiece):
+        data = memoryview(sources[piece.source])[piece.start : piece.end]
+        return ["copy-data:" + hashlib.sha256(data).hexdigest(), ";"]
+    if skip_begin_commit and transaction_control(piece, None) in ("begin", "commit"):
+        return [";"]
+    return _statement_tokens(sources[piece.origin.source][piece.origin.offset : piece.end].decode("utf-8", "replace"))
 
 
 def _checksum(script: Script, sources: Mapping[str, bytes], skip_begin_commit: bool, extra: str) -> str:
@@ -599,62 +662,17 @@ def _checksum(script: Script, sources: Mapping[str, bytes], skip_begin_commit: b
     data counts by its bytes. For a plain SQL file this equals the whole-file hash of earlier releases."""
     from pglast import parser
 
-    hasher = hashlib.sha256()
-    pending_semicolon = False
-    started = False
-
-    def part(value: str) -> None:
-        nonlocal started
-        if started:
-            hasher.update(b"\x1f")
-        hasher.update(value.encode())
-        started = True
-
-    def emit(value: str) -> None:
-        # Earlier releases joined the token values with \x1f, collapsing runs of ';' and dropping
-        # leading and trailing ones; this streams the same bytes into the hash.
-        nonlocal pending_semicolon
-        if value == ";":
-            pending_semicolon = started
-            return
-        if pending_semicolon:
-            part(";")
-            pending_semicolon = False
-        part(value)
-
+    digest = _TokenHash()
     for piece in script.pieces:
-        if isinstance(piece, MetaPiece):
-            if piece.name in IGNORED_META or piece.name in ECHO_META:
-                continue
-            if piece.name in VARIABLE_META and piece.args and piece.args[0] in DISPLAY_SETTINGS:
-                continue
-            emit("\\" + piece.name + " " + " ".join(piece.args))
-            emit(";")
-            continue
-        if isinstance(piece, DataPiece):
-            data = memoryview(sources[piece.source])[piece.start : piece.end]
-            emit("copy-data:" + hashlib.sha256(data).hexdigest())
-            emit(";")
-            continue
-        if skip_begin_commit and transaction_control(piece, None) in ("begin", "commit"):
-            emit(";")
-            continue
-        text = sources[piece.origin.source][piece.origin.offset : piece.end].decode("utf-8", errors="replace")
         try:
-            tokens = parser.scan(text)
+            tokens = _piece_tokens(piece, sources, skip_begin_commit)
         except parser.ParseError:
             source = sources[script.sources[0]].decode("utf-8", errors="replace")
             normalized = " ".join(source.split())
             return RAW_CHECKSUM_PREFIX + hashlib.sha256((normalized + extra).encode()).hexdigest()
-        for tok in tokens:
-            if tok.name in ("SQL_COMMENT", "C_COMMENT"):
-                continue
-            value = text[tok.start : tok.end + 1]
-            if tok.kind != "NO_KEYWORD" or (tok.name == "IDENT" and not value.startswith('"')):
-                value = value.lower()
-            emit(value)
-    hasher.update(b"\x1e" + extra.encode())
-    return CHECKSUM_PREFIX + hasher.hexdigest()
+        for value in tokens:
+            digest.add(value)
+    return CHECKSUM_PREFIX + digest.hexdigest(extra)
 
 
 def analyze(

@@ -110,11 +110,11 @@ def read_bytes(store: BackupStore, key: str) -> bytes:
 
 def list_objects(store: BackupStore, prefix: str) -> list[StoredObject]:
     """Every object whose key starts with ``prefix``."""
-    found: list[StoredObject] = []
-    for batch in obstore.list(store.client, prefix=prefix or None):
-        for meta in batch:
-            found.append(StoredObject(str(meta["path"]), int(meta["size"]), meta["last_modified"]))
-    return found
+    return [
+        StoredObject(str(meta["path"]), int(meta["size"]), meta["last_modified"])
+        for batch in obstore.list(store.client, prefix=prefix or None)
+        for meta in batch
+    ]
 
 
 def delete(store: BackupStore, key: str) -> None:

@@ -136,10 +136,8 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
             continue
         mode = "no-transaction, as psql runs it" if m.no_transaction else "one transaction"
         lines.append(f"  apply {m.filename} ({len(m.analysis.commands)} statement(s), {mode})")
-    for problem in plan.problems:
-        lines.append(f"  ! {problem}")
-    for warning in plan.warnings:
-        lines.append(f"  ~ {warning}")
+    lines += [f"  ! {problem}" for problem in plan.problems]
+    lines += [f"  ~ {warning}" for warning in plan.warnings]
     sys.stdout.write("\n".join(lines) + "\n")
 
 

@@ -47,7 +47,7 @@ def docker_client() -> Iterator[Any]:
     try:
         client = docker.from_env(timeout=600)
         client.ping()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to reach a daemon means: no Docker engine here
         problem = f"no Docker engine: {exc}"
     if problem is not None:
         # docker-py leaves the socket of its failed version request unclosed (the exception's
@@ -70,9 +70,9 @@ def base_image(docker_client: Any) -> str:
     for name in filter(None, candidates):
         try:
             docker_client.images.get(name)
-            return name
         except docker.errors.ImageNotFound:
             continue
+        return name
     pytest.skip("no base image: run scripts/build-base-image.sh (no registry here to pull python:3.13-slim-trixie)")
 
 

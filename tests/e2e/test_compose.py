@@ -56,7 +56,7 @@ def test_images(docker_client: Any, base_image: str) -> None:
 
 
 @pytest.fixture
-def project(pgsluice_image: str, test_images: None, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def project(pgsluice_image: str, test_images: None, tmp_path: Path) -> Iterator[dict[str, Any]]:  # noqa: ARG001 - test_images: built first
     """A compose project of its own: ports, migrations folder; torn down with its volumes."""
     name = f"sluice{secrets.token_hex(3)}"
     env = {

@@ -15,9 +15,7 @@ from tests.support.s3server import SECRET_KEY
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-def run(
-    docker_client: Any, image: str, db_url: str, mdir: Path | None, *args: str, detach: bool = False, **kwargs: Any
-) -> Any:
+def run(docker_client: Any, image: str, db_url: str, mdir: Path | None, *args: str, **kwargs: Any) -> Any:
     volumes = {str(mdir): {"bind": "/migrations", "mode": "ro"}} if mdir else {}
     volumes.update(kwargs.pop("volumes", {}))
     return docker_client.containers.run(

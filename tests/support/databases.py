@@ -44,7 +44,7 @@ class Database:
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Every row of ``sql``."""
         with self.connect() as conn:
-            return conn.execute(sql, params or None).fetchall()  # type: ignore[arg-type]  # test SQL is literal
+            return conn.execute(sql, params or None).fetchall()
 
     def scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         """The first column of the first row of ``sql``, or None."""
@@ -61,12 +61,12 @@ def new_database(server: Server, prefix: str = "t") -> Iterator[Database]:
     """CREATE DATABASE <prefix>_<random>, dropped WITH (FORCE) when the block ends."""
     name = f"{prefix}_{secrets.token_hex(6)}"
     with server.admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]  # a generated name
+        conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield Database(server, name, server.url(name))
     finally:
         with server.admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # A migration that sleeps for a minute on the first run; once a test has created
