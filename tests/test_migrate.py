@@ -317,10 +317,11 @@ def test_changed_missing_and_out_of_order_stop_the_run(db: Database, mdir: Path)
     assert changed.returncode == 6
     assert "003_c.sql was changed after it was applied" in changed.finished["reason"]
 
-    (mdir / "003_c.sql").unlink()
+    (mdir / "003_c.sql").write_text("CREATE TABLE c (a int);\n")
+    (mdir / "002_b.sql").unlink()  # below the highest file: missing (the highest gone is a newer release's: future)
     missing = run_cli("migrate", url=db.url, migrations=mdir)
     assert missing.returncode == 6
-    assert "migration 3 (c) is applied but its file is missing" in missing.finished["reason"]
+    assert "migration 2 (b) is applied but its file is missing" in missing.finished["reason"]
 
 
 def test_bad_file_names_stop_before_connecting(mdir: Path) -> None:

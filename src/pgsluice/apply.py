@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -64,6 +65,32 @@ RETRYABLE_SQLSTATES = ("55P03", "40P01")  # lock_not_available, deadlock_detecte
 CONNECTION_LOST_SQLSTATES = ("57P01", "57P02", "57P03")  # admin/crash shutdown, cannot connect now
 MAX_RETRY_DELAY_SECONDS = 30.0
 COPY_CHUNK = 1024 * 1024
+
+
+class Direction(StrEnum):
+    """What applying a unit does to the history."""
+
+    UP = "up"
+    """A versioned migration: its row is inserted (with its down SQL, for a later rollback)."""
+    DOWN = "down"
+    """A down migration: the row of the migration it undoes is deleted."""
+    REPEATABLE = "repeatable"
+    """A repeatable migration: its row in the repeatable table is written anew."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One migration to apply, and what it records."""
+
+    migration: Migration
+    direction: Direction = Direction.UP
+    down: Migration | None = None
+    """For an up migration: its down migration, stored with its row."""
+
+    @property
+    def label(self) -> str:
+        """How logs name it: its file."""
+        return self.migration.filename
 
 
 @dataclass(frozen=True)
@@ -112,8 +139,9 @@ class _Attempt:
 def _where(migration: Migration, command: Command | None, position: int | None) -> tuple[Location, str]:
     """The location of a failure, and how the message says it: ``at line 3, column 13`` or
     ``in the statement at line 7`` (``of lib/x.sql`` when it is in an included file)."""
+    version = None if migration.repeatable else migration.version
     if command is None:
-        return Location(file=migration.filename, version=migration.version), ""
+        return Location(file=migration.filename, version=version), ""
     piece = command.piece
     source = piece.origin.source
     data = migration.files.get(source, migration.content) if source != migration.filename else migration.content
@@ -121,10 +149,10 @@ def _where(migration: Migration, command: Command | None, position: int | None) 
     if position:
         offset = piece.source_offset(command.offset + position - 1)
         line, column = location_in_source(data, offset)
-        return Location(migration.filename, migration.version, line, column), f" at line {line}, column {column}{of}"
+        return Location(migration.filename, version, line, column), f" at line {line}, column {column}{of}"
     start = len(command.sql) - len(command.sql.lstrip())
     line, _ = location_in_source(data, piece.source_offset(command.offset + start))
-    return Location(migration.filename, migration.version, line), f" in the statement at line {line}{of}"
+    return Location(migration.filename, version, line), f" in the statement at line {line}{of}"
 
 
 def _hint_for(migration: Migration, sqlstate: str | None, server_hint: str | None) -> str:
@@ -218,15 +246,36 @@ def _rollback(conn: psycopg.Connection[Any]) -> None:
         conn.execute("ROLLBACK")
 
 
-def _record_query(migration: Migration, config: Config) -> Any:
+def _down_sql(unit: Unit) -> tuple[str | None, str | None]:
+    if unit.down is None:
+        return None, None
+    return unit.down.content.decode("utf-8"), unit.down.checksum
+
+
+def _record_query(unit: Unit, config: Config) -> Any:
+    """The history write of ``unit``, for its own transaction; it returns the duration as measured by the server."""
+    migration, table = unit.migration, config.history_table
+    if unit.direction == Direction.DOWN:
+        return history.deleted_row_query(table, migration.version)
+    if unit.direction == Direction.REPEATABLE:
+        return history.repeatable_row_query(
+            table,
+            name=migration.name,
+            checksum=migration.checksum,
+            file_sha256=migration.file_sha256,
+            hostname=config.hostname,
+        )
+    down_sql, down_checksum = _down_sql(unit)
     return history.applied_row_query(
-        config.history_table,
+        table,
         version=migration.version,
         name=migration.name,
         checksum=migration.checksum,
         file_sha256=migration.file_sha256,
         execution=migration.execution,
         hostname=config.hostname,
+        down_sql=down_sql,
+        down_checksum=down_checksum,
     )
 
 
@@ -257,7 +306,7 @@ def _run(cur: psycopg.Cursor[Any], migration: Migration, command: Command) -> No
 class _SentMigration:
     """One migration's cursors inside a batch."""
 
-    migration: Migration
+    unit: Unit
     statements: list[tuple[Command, psycopg.Cursor[Any]]] = field(default_factory=list)
     record: psycopg.Cursor[Any] | None = None
     commit: psycopg.Cursor[Any] | None = None
@@ -278,6 +327,10 @@ class _SentMigration:
             return None, "at COMMIT"
         return None, f"while recording it in {table}"
 
+    @property
+    def migration(self) -> Migration:
+        return self.unit.migration
+
 
 def _send(conn: psycopg.Connection[Any], sent: _SentMigration, config: Config) -> None:
     """Send one migration's commands: BEGIN, timeouts, statements, history row, COMMIT."""
@@ -296,7 +349,7 @@ def _send(conn: psycopg.Connection[Any], sent: _SentMigration, config: Config) -
         # A migration may have SET ROLE to a role that cannot write the history.
         conn.execute("SET SESSION AUTHORIZATION DEFAULT")
     sent.record = conn.cursor()
-    sent.record.execute(_record_query(migration, config))
+    sent.record.execute(_record_query(sent.unit, config))
     sent.commit = conn.cursor()
     sent.commit.execute("COMMIT")
     if not analysis.session_neutral:
@@ -304,12 +357,12 @@ def _send(conn: psycopg.Connection[Any], sent: _SentMigration, config: Config) -
             conn.execute(query)
 
 
-def _pipelined(migration: Migration) -> bool:
-    return not migration.no_transaction and not migration.analysis.has_copy
+def _pipelined(unit: Unit) -> bool:
+    return not unit.migration.no_transaction and not unit.migration.analysis.has_copy
 
 
-def _next_batch(queue: list[Migration]) -> list[Migration]:
-    """The migration in front, and the transactional ones after it that can share its pipeline."""
+def _next_batch(queue: list[Unit]) -> list[Unit]:
+    """The unit in front, and the transactional ones after it that can share its pipeline."""
     head = queue[0]
     if not _pipelined(head):
         return [head]
@@ -336,34 +389,46 @@ class _Applier:
         self.report = report
         self.on_applied = on_applied
 
-    def applied(self, migration: Migration, duration: float, attempts: int) -> None:
+    def applied(self, unit: Unit, duration: float, attempts: int) -> None:
+        migration = unit.migration
+        fields: dict[str, Any] = {"file": migration.filename}
+        if unit.direction != Direction.REPEATABLE:
+            fields["version"] = migration.version
         log.info(
             Event.MIGRATION_APPLIED,
-            version=migration.version,
-            file=migration.filename,
+            **fields,
+            direction=str(unit.direction),
             duration_seconds=round(duration, 4),
             attempts=attempts,
             execution=str(migration.execution),
         )
-        self.report.record_applied(migration.version)
+        if unit.direction == Direction.UP:
+            self.report.record_applied(migration.version)
+        elif unit.direction == Direction.DOWN:
+            self.report.record_reverted(migration.version)
+        else:
+            self.report.repeatables_applied.append(migration.name)
         self.on_applied(
             AppliedMigration(migration.version, migration.filename, duration, attempts, migration.execution)
         )
 
-    def announce(self, batch: list[Migration]) -> None:
+    def announce(self, batch: list[Unit]) -> None:
         if len(batch) == 1:
-            migration = batch[0]
+            unit = batch[0]
             log.info(
                 Event.MIGRATION_APPLYING,
-                version=migration.version,
-                file=migration.filename,
-                execution=str(migration.execution),
+                file=unit.label,
+                direction=str(unit.direction),
+                execution=str(unit.migration.execution),
             )
         else:
             log.info(
-                Event.MIGRATION_APPLYING, versions=[m.version for m in batch], files=len(batch), execution="transaction"
+                Event.MIGRATION_APPLYING,
+                files=[u.label for u in batch],
+                direction=str(batch[0].direction),
+                execution="transaction",
             )
-        for migration in batch:
+        for migration in (u.migration for u in batch):
             analysis = migration.analysis
             if not migration.no_transaction and analysis.merged_blocks and not _wrapped(migration):
                 log.info(
@@ -373,12 +438,12 @@ class _Applier:
                     reason="every statement of a transactional migration runs in one transaction with its history row",
                 )
 
-    def next(self, queue: list[Migration], attempt: _Attempt) -> None:
-        """Apply from the front of ``queue``, removing each migration as it commits; raise on a failure."""
+    def next(self, queue: list[Unit], attempt: _Attempt) -> None:
+        """Apply from the front of ``queue``, removing each unit as it commits; raise on a failure."""
         batch = _next_batch(queue)
-        self.report.in_flight = batch[0].filename
+        self.report.in_flight = batch[0].label
         self.announce(batch)
-        if batch[0].no_transaction:
+        if batch[0].migration.no_transaction:
             self.without_transaction(batch[0], attempt)
             queue.pop(0)
             return
@@ -386,8 +451,8 @@ class _Applier:
         failure: BaseException | None = None
         try:
             with self.conn.pipeline() if _pipelined(batch[0]) else contextlib.nullcontext():
-                for migration in batch:
-                    sent.append(_SentMigration(migration))  # listed before it is sent: an earlier error surfaces
+                for unit in batch:
+                    sent.append(_SentMigration(unit))  # listed before it is sent: an earlier error surfaces
                     _send(self.conn, sent[-1], self.config)
         except BaseException as exc:  # noqa: BLE001 - a psycopg error, or Interrupted: re-raised below, once the commits are counted
             failure = exc
@@ -395,7 +460,7 @@ class _Applier:
             if not done.committed():
                 break
             queue.pop(0)
-            self.applied(done.migration, done.duration(), attempt.number if done is sent[0] else 1)
+            self.applied(done.unit, done.duration(), attempt.number if done is sent[0] else 1)
         if failure is None:
             self.report.in_flight = None
             return
@@ -407,24 +472,13 @@ class _Applier:
         command, stage = failed.failed_at(str(self.config.history_table))
         raise _failure(self.conn, failed.migration, failure, command, attempt, stage=stage) from failure
 
-    def without_transaction(self, migration: Migration, attempt: _Attempt) -> None:
-        """psql's way: each block of the file in its own transaction, other statements in autocommit."""
-        conn, config, table = self.conn, self.config, self.config.history_table
-        _history_write(
-            migration,
-            config,
-            "before running it",
-            lambda: history.insert_started(
-                conn,
-                table,
-                version=migration.version,
-                name=migration.name,
-                checksum=migration.checksum,
-                file_sha256=migration.file_sha256,
-                hostname=config.hostname,
-            ),
-        )
-        log.info(Event.MIGRATION_STARTED_ROW_WRITTEN, version=migration.version, file=migration.filename)
+    def without_transaction(self, unit: Unit, attempt: _Attempt) -> None:
+        """psql's way: each block of the file in its own transaction, other statements in autocommit; the
+        history says 'started' meanwhile (an up's new row, a down's existing one)."""
+        conn, config, migration = self.conn, self.config, unit.migration
+        _history_write(migration, config, "before running it", lambda: _before_without_transaction(conn, unit, config))
+        if unit.direction != Direction.REPEATABLE:
+            log.info(Event.MIGRATION_STARTED_ROW_WRITTEN, version=migration.version, file=migration.filename)
         conn.execute(_timeouts(config, local=False))
         for block in migration.analysis.blocks:
             command: Command | None = None
@@ -444,12 +498,47 @@ class _Applier:
                 lost = _connection_lost(conn, exc)
                 invalid = () if lost else _invalid_indexes(conn, command)
                 raise _failure(
-                    conn, migration, exc, command, attempt, left_started=True, invalid_indexes=invalid
+                    conn,
+                    migration,
+                    exc,
+                    command,
+                    attempt,
+                    left_started=unit.direction != Direction.REPEATABLE,
+                    invalid_indexes=invalid,
                 ) from exc
-        _history_write(migration, config, "after it ran", lambda: history.mark_applied(conn, table, migration.version))
+        _history_write(migration, config, "after it ran", lambda: _after_without_transaction(conn, unit, config))
         for query in SESSION_RESET:
             conn.execute(query)
-        self.applied(migration, 0.0, attempt.number)
+        self.applied(unit, 0.0, attempt.number)
+
+
+def _before_without_transaction(conn: psycopg.Connection[Any], unit: Unit, config: Config) -> None:
+    migration, table = unit.migration, config.history_table
+    if unit.direction == Direction.UP:
+        down_sql, down_checksum = _down_sql(unit)
+        history.insert_started(
+            conn,
+            table,
+            version=migration.version,
+            name=migration.name,
+            checksum=migration.checksum,
+            file_sha256=migration.file_sha256,
+            hostname=config.hostname,
+            down_sql=down_sql,
+            down_checksum=down_checksum,
+        )
+    elif unit.direction == Direction.DOWN:
+        history.mark_reverting(conn, table, migration.version)
+
+
+def _after_without_transaction(conn: psycopg.Connection[Any], unit: Unit, config: Config) -> None:
+    migration, table = unit.migration, config.history_table
+    if unit.direction == Direction.UP:
+        history.mark_applied(conn, table, migration.version)
+    elif unit.direction == Direction.DOWN:
+        history.delete_row(conn, table, migration.version)
+    else:
+        conn.execute(_record_query(unit, config))
 
 
 def _history_write(migration: Migration, config: Config, when: str, write: Callable[[], Any]) -> Any:
@@ -496,12 +585,12 @@ def _wrapped(migration: Migration) -> bool:
 
 def apply_plan(
     conn: psycopg.Connection[Any],
-    pending: list[Migration],
+    units: list[Unit],
     config: Config,
     report: Report,
     on_applied: Callable[[AppliedMigration], None] = lambda _m: None,
 ) -> None:
-    """Apply ``pending`` in order; each committed migration is recorded in ``report`` as it is known.
+    """Apply ``units`` in order; each committed one is recorded in ``report`` as it is known.
 
     A migration that hit lock_timeout or a deadlock is retried (``--ddl-retries``, backoff from
     ``--ddl-retry-delay``); raises MigrationFailedError (7), DatabaseUnreachableError (3) or
@@ -509,19 +598,19 @@ def apply_plan(
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
     applier = _Applier(conn, config, report, on_applied)
-    queue = list(pending)
+    queue = list(units)
     while queue:
         head = queue[0]
 
-        def same_head(exc: BaseException, head: Migration = head) -> bool:
+        def same_head(exc: BaseException, head: Unit = head) -> bool:
             return _retryable(exc) and bool(queue) and queue[0] is head
 
-        def scheduled(state: Any, head: Migration = head) -> None:
+        def scheduled(state: Any, head: Unit = head) -> None:
             cause = state.outcome.exception() if state.outcome else None
             log.warning(
                 Event.MIGRATION_RETRY_SCHEDULED,
-                version=head.version,
-                file=head.filename,
+                version=head.migration.version,
+                file=head.label,
                 retry_num=state.attempt_number,
                 wait_seconds=round(state.upcoming_sleep, 3),
                 cause=_cause(cause),

@@ -14,6 +14,7 @@ import hashlib
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -26,7 +27,6 @@ from pgsluice.config import Config
 from pgsluice.errors import BackupError, PgsluiceError
 from pgsluice.events import Event
 from pgsluice.pgtools import ClientTool, StderrTail, child_connection
-from pgsluice.plan import Plan
 from pgsluice.report import BackupSummary
 
 log = structlog.get_logger("pgsluice.backup")
@@ -115,14 +115,25 @@ def _one_line(text: object, config: Config, limit: int = 600) -> str:
     return config.redactor(" ".join(str(text).split()))[:limit]
 
 
-def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_dump: ClientTool) -> BackupSummary:
+@dataclass(frozen=True)
+class BackupPurpose:
+    """What the backup is taken before: the versions it goes from and to, and the files to run."""
+
+    from_version: int | None
+    to_version: int | None
+    planned: tuple[str, ...]
+
+
+def take_backup(
+    config: Config, conn: psycopg.Connection[Any], purpose: BackupPurpose, pg_dump: ClientTool
+) -> BackupSummary:
     """Dump the database into the backup store, verify it, write the manifest; BackupError on any failure."""
     dump_major, server_version = pg_dump.check_can_dump(conn)
     dump_version = pg_dump.version()
     database = conn.info.dbname
     started_at = datetime.now(UTC)
-    from_version = plan.current_version or 0
-    to_version = plan.target_version or from_version
+    from_version = purpose.from_version or 0
+    to_version = purpose.to_version if purpose.to_version is not None else from_version
     backup_id = f"{database}/{stamp_of(started_at)}_{from_version}-to-{to_version}"
     method, compress = _compression(config, dump_major)
 
@@ -213,9 +224,9 @@ def take_backup(config: Config, conn: psycopg.Connection[Any], plan: Plan, pg_du
         pg_dump_version=dump_version,
         server_version=server_version,
         database=database,
-        from_version=plan.current_version,
-        to_version=plan.target_version,
-        planned=[m.filename for m in plan.pending],
+        from_version=purpose.from_version,
+        to_version=purpose.to_version,
+        planned=list(purpose.planned),
         started_at=started_at.isoformat(),
         finished_at=finished_at.isoformat(),
         host=config.hostname,

@@ -61,6 +61,16 @@ def _add_command_arguments(command: str, sub: argparse.ArgumentParser) -> None:
         )
     if command == "new":
         sub.add_argument("name", metavar="NAME", help="lowercase words joined by underscores")
+    if command == "down":
+        group = sub.add_mutually_exclusive_group(required=True)
+        group.add_argument("--to", dest="down_to", type=int, metavar="VERSION", help="undo every version above it")
+        group.add_argument("--steps", dest="down_steps", type=int, metavar="N", help="undo the N newest versions")
+        group.add_argument(
+            "--future",
+            dest="down_future",
+            action="store_true",
+            help="undo every applied version newer than every file (a newer release's, with its stored down SQL)",
+        )
     if command == "restore":
         sub.add_argument("backup_id", metavar="ID", help="a backup id from 'pgsluice backups'")
         sub.add_argument("--clean", action="store_true", help="allow restoring into a non-empty database")

@@ -227,6 +227,21 @@ class Settings:
         parse=parse_bool,
         commands=PLANNING_COMMANDS,
     )
+    strict_future: bool = option(
+        False,
+        "refuse applied versions newer than every file (a newer release's) instead of accepting them",
+        parse=parse_bool,
+        commands=("migrate", "status", "plan", "down"),
+    )
+    target_version: int | None = option(
+        None,
+        "apply pending migrations up to and including this version, and stop",
+        flag="--target",
+        env="PGSLUICE_TARGET_VERSION",
+        parse=parse_count,
+        unit="version",
+        commands=("migrate", "plan"),
+    )
     max_file_size_bytes: int = option(
         256 * 1024**2,
         "largest migration file read; a larger one stops the run before anything is applied",
@@ -369,6 +384,9 @@ class CommandArgs:
     name: str | None = None
     backup_id: str | None = None
     clean: bool = False
+    down_to: int | None = None
+    down_steps: int | None = None
+    down_future: bool = False
 
 
 @dataclass(frozen=True)

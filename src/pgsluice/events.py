@@ -24,6 +24,7 @@ class Event(StrEnum):
     HISTORY_UPGRADED = "history.upgraded"
     PLAN_READY = "plan.ready"
     PLAN_WARNING = "plan.warning"
+    PLAN_FUTURE_VERSIONS = "plan.future_versions"
     PLAN_INVALID = "plan.invalid"
     BACKUP_SKIPPED = "backup.skipped"
     BACKUP_STARTED = "backup.started"
@@ -63,8 +64,11 @@ ABOUT: dict[Event, str] = {
     Event.FILES_WARNING: "something about a file worth knowing; nothing stops",
     Event.FILES_INVALID: "a file stops the run before anything is applied: `file`, `line`, `problem`, `hint`",
     Event.HISTORY_UPGRADED: "pgsluice changed its own history table's shape, once, under the lock",
-    Event.PLAN_READY: "what will be applied: `pending`, `current_version`, `target_version`",
+    Event.PLAN_READY: "what will be applied: `pending` (or `reverting` for down), `repeatables`, `deferred` "
+    "(beyond --target), `current_version`, `target_version`",
     Event.PLAN_WARNING: "files and history disagree in a way that does not stop the run",
+    Event.PLAN_FUTURE_VERSIONS: "applied versions newer than every file (a newer release's): `versions`; accepted "
+    "unless `--strict-future`",
     Event.PLAN_INVALID: "files and history disagree: nothing is applied",
     Event.BACKUP_SKIPPED: "no backup target configured",
     Event.BACKUP_STARTED: "pg_dump started: `object`, `compression`, `part_size_bytes`",

@@ -19,6 +19,7 @@ from pgsluice.source import FolderContent
 from pgsluice.sql import ALLOW_UNPARSED, Analysis, SqlIssue, analyze
 
 FILE_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[a-z0-9_]+?)(?P<down>\.down)?\.sql$")
+REPEATABLE_NAME = re.compile(r"^R_(?P<name>[a-z0-9_]+)\.sql$")
 DIRECTIVE = re.compile(r"^--\s*pgsluice:\s*(?P<value>.*?)\s*$")
 ALLOW = re.compile(r"^allow\s+(?P<rule>[a-z0-9-]+)\s*(?:--\s*(?P<reason>.*))?$", re.IGNORECASE)
 KNOWN_DIRECTIVES = ("no-transaction", "allow <rule-id> -- <reason>")
@@ -54,6 +55,8 @@ class Migration:
     directives: Directives = field(default_factory=Directives)
     down_filename: str | None = None
     file_sha256: str = field(default="", compare=False)
+    repeatable: bool = False
+    """An ``R_<name>.sql`` file: applied after the versioned ones whenever its checksum changes."""
     variables: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
     max_statements: int | None = field(default=None, compare=False, repr=False)
 
@@ -156,6 +159,34 @@ class Discovery:
     migrations: tuple[Migration, ...]
     problems: tuple[Problem, ...]
     warnings: tuple[Problem, ...]
+    repeatables: tuple[Migration, ...] = ()
+    """``R_<name>.sql`` files, in name order."""
+    files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    """Every file read (down files and includes too), by path relative to the folder."""
+
+    def down_file(self, migration: Migration) -> Migration | None:
+        """``migration``'s ``.down.sql`` from the folder, as a Migration; None when there is none (or it is
+        invalid: ``down_problems`` says why)."""
+        down, _ = self._down(migration)
+        return down
+
+    def down_problems(self, migration: Migration) -> list[Problem]:
+        """What is wrong with ``migration``'s ``.down.sql``."""
+        _, problems = self._down(migration)
+        return problems
+
+    def _down(self, migration: Migration) -> tuple[Migration | None, list[Problem]]:
+        if migration.down_filename is None:
+            return None, []
+        return down_of(
+            migration.version,
+            migration.name,
+            filename=migration.down_filename,
+            content=self.files[migration.down_filename],
+            files=self.files,
+            variables=migration.variables,
+            max_statements=migration.max_statements,
+        )
 
 
 def _directives(text: str, filename: str) -> tuple[Directives, list[Problem]]:
@@ -219,6 +250,72 @@ def _utf8_problem(filename: str, content: bytes, version: int) -> Problem | None
     return None
 
 
+def _one_file(
+    filename: str,
+    version: int,
+    name: str,
+    files: Mapping[str, bytes],
+    *,
+    variables: tuple[tuple[str, str], ...],
+    max_statements: int | None,
+    repeatable: bool = False,
+    down_filename: str | None = None,
+) -> tuple[Migration | None, list[Problem]]:
+    """A file as a Migration, or the problems that keep it from being one (encoding, directives, emptiness)."""
+    content = files[filename]
+    bad_encoding = _utf8_problem(filename, content, version)
+    if bad_encoding is not None:
+        return None, [bad_encoding]
+    head = content[:65536].decode("utf-8", errors="ignore")
+    directives, problems = _directives(head, filename)
+    if not content or content.isspace():  # strip() would copy a large file
+        problems.append(
+            Problem(
+                f"{filename}: the file is empty",
+                "write the migration's SQL, or delete the file",
+                filename=filename,
+                version=version,
+            )
+        )
+        return None, problems
+    migration = Migration(
+        version=version,
+        name=name,
+        filename=filename,
+        content=content,
+        files=files,
+        directives=directives,
+        down_filename=down_filename,
+        file_sha256=_sha256(content, *_included(filename, files)),
+        variables=variables,
+        max_statements=max_statements,
+        repeatable=repeatable,
+    )
+    return migration, problems
+
+
+def down_of(
+    version: int,
+    name: str,
+    *,
+    filename: str,
+    content: bytes,
+    files: Mapping[str, bytes],
+    variables: tuple[tuple[str, str], ...] = (),
+    max_statements: int | None = None,
+) -> tuple[Migration | None, list[Problem]]:
+    """A down migration as a Migration: from its ``.down.sql`` file, or from the SQL stored in the history
+    (``filename`` then says so). Run and judged like an up file: same transaction rules and directives."""
+    return _one_file(
+        filename,
+        version,
+        name,
+        {**files, filename: content.removeprefix(_BOM)},
+        variables=variables,
+        max_statements=max_statements,
+    )
+
+
 def _sha256(*parts: bytes) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -238,14 +335,19 @@ def discover(
     problems: list[Problem] = list(folder.problems)
     by_version: dict[int, list[str]] = {}
     downs: dict[int, str] = {}
+    repeatable_names: list[tuple[str, str]] = []
     for filename in folder.names:
+        repeatable = REPEATABLE_NAME.match(filename)
+        if repeatable:
+            repeatable_names.append((filename, repeatable["name"]))
+            continue
         match = FILE_NAME.match(filename)
         if match is None:
             problems.append(
                 Problem(
                     f"{filename}: not a migration file name",
                     "name it NNN_name.sql: digits, an underscore, then lowercase letters, digits and "
-                    "underscores (a rollback script: NNN_name.down.sql)",
+                    "underscores (a rollback script: NNN_name.down.sql; a repeatable migration: R_name.sql)",
                     filename=filename,
                 )
             )
@@ -278,39 +380,28 @@ def discover(
             )
             continue
         filename = names[0]
-        content = files[filename]
-        bad_encoding = _utf8_problem(filename, content, version)
-        if bad_encoding is not None:
-            problems.append(bad_encoding)
-            continue
-        head = content[:65536].decode("utf-8", errors="ignore")
-        directives, directive_problems = _directives(head, filename)
-        problems.extend(directive_problems)
-        if not content or content.isspace():  # strip() would copy a large file
-            problems.append(
-                Problem(
-                    f"{filename}: the file is empty",
-                    "write the migration's SQL, or delete the file",
-                    filename=filename,
-                    version=version,
-                )
-            )
-            continue
         match = FILE_NAME.match(filename)
         assert match is not None  # noqa: S101 - matched above
-        migration = Migration(
-            version=version,
-            name=match["name"],
-            filename=filename,
-            content=content,
-            files=files,
-            directives=directives,
-            down_filename=downs.get(version),
-            file_sha256=_sha256(content, *_included(filename, files)),
+        migration, found = _one_file(
+            filename,
+            version,
+            match["name"],
+            files,
             variables=pairs,
             max_statements=max_statements,
+            down_filename=downs.get(version),
         )
-        migrations.append(migration)
+        problems.extend(found)
+        if migration is not None:
+            migrations.append(migration)
+    repeatables: list[Migration] = []
+    for filename, name in repeatable_names:
+        migration, found = _one_file(
+            filename, 0, name, files, variables=pairs, max_statements=max_statements, repeatable=True
+        )
+        problems.extend(found)
+        if migration is not None:
+            repeatables.append(migration)
 
     warnings = [
         Problem(
@@ -322,7 +413,7 @@ def discover(
         for version, name in sorted(downs.items())
         if version not in by_version
     ]
-    return Discovery(tuple(migrations), tuple(problems), tuple(warnings))
+    return Discovery(tuple(migrations), tuple(problems), tuple(warnings), tuple(repeatables), files)
 
 
 def _included(filename: str, files: Mapping[str, bytes]) -> list[bytes]:

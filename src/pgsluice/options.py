@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "plan": "what migrate would run, with every check; changes nothing",
     "baseline": "record every file up to VERSION as applied without running it",
     "resolve": "settle a half-applied no-transaction migration",
+    "down": "undo applied migrations, newest first, with their down SQL (--to VERSION, --steps N or --future)",
     "new": "create the next numbered migration file",
     "lint": "check the migrations folder offline",
     "backup": "take a backup now",
@@ -29,11 +30,11 @@ COMMANDS: dict[str, str] = {
 }
 """Every command and what it does (``--help``); ``run.RUNNERS`` holds the function of each."""
 ALL_COMMANDS = tuple(COMMANDS)
-CONNECTING_COMMANDS = ("migrate", "status", "plan", "baseline", "resolve", "backup", "backups", "restore")
-PLANNING_COMMANDS = ("migrate", "plan")
-READING_MIGRATIONS = ("migrate", "status", "plan", "baseline", "lint", "backup")
-DUMPING_COMMANDS = ("migrate", "backup")
-STORE_COMMANDS = ("migrate", "backup", "backups", "restore")
+CONNECTING_COMMANDS = ("migrate", "status", "plan", "baseline", "resolve", "down", "backup", "backups", "restore")
+PLANNING_COMMANDS = ("migrate", "plan", "down")
+READING_MIGRATIONS = ("migrate", "status", "plan", "baseline", "lint", "down", "backup")
+DUMPING_COMMANDS = ("migrate", "down", "backup")
+STORE_COMMANDS = ("migrate", "down", "backup", "backups", "restore")
 
 _DURATION = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}

@@ -23,6 +23,8 @@ class Execution(StrEnum):
     """A file of comments only: a deliberate no-op, recorded so the numbering stays."""
     BASELINE = "baseline"
     RESOLVED = "no-transaction, resolved"
+    REVERTING = "down, no-transaction"
+    """A no-transaction down migration is running: the row is 'started' until it is deleted."""
 
 
 @dataclass(frozen=True)
@@ -41,3 +43,19 @@ class HistoryRow:
     applied_by: str | None
     hostname: str | None
     pgsluice_version: str | None
+    down_sql: str | None = None
+    """The migration's ``.down.sql`` as it was when the migration was applied (so an older release can undo it)."""
+    down_checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class RepeatableRow:
+    """The last application of a repeatable migration (``R_<name>.sql``)."""
+
+    name: str
+    checksum: str
+    file_sha256: str | None
+    applied_at: datetime | None
+    applied_by: str | None
+    hostname: str | None
+    duration_seconds: float | None

@@ -38,6 +38,9 @@ class Report:
     command: str
     started: float = field(default_factory=time.monotonic)
     applied: list[int] = field(default_factory=list)
+    reverted: list[int] = field(default_factory=list)
+    """Versions a down migration undid."""
+    repeatables_applied: list[str] = field(default_factory=list)
     pending_before: list[int] = field(default_factory=list)
     current_version: int | None = None
     target_version: int | None = None
@@ -58,6 +61,10 @@ class Report:
             yield
         finally:
             self.step_seconds[name] = round(time.monotonic() - since, 4)
+
+    def record_reverted(self, version: int) -> None:
+        """A down migration committed: ``version`` is no longer applied."""
+        self.reverted.append(version)
 
     def record_applied(self, version: int) -> None:
         """A migration committed: it is applied, and the current version is at least it."""
@@ -103,6 +110,10 @@ def finish(report: Report, code: int, reason: str | None, redactor: Redactor, te
         "lock_wait_seconds": report.lock_wait_seconds,
         "backup": asdict(report.backup) if report.backup else None,
     }
+    if report.reverted:
+        event["reverted"] = report.reverted
+    if report.repeatables_applied:
+        event["repeatables_applied"] = report.repeatables_applied
     if code != ExitCode.OK and report.in_flight:
         event["failed_migration"] = report.in_flight
     if safe_reason:

@@ -17,9 +17,10 @@ from pgsluice.config import Config
 from pgsluice.db import connect, server_facts
 from pgsluice.errors import ConfigError, ExitCode, InconsistentError, Location
 from pgsluice.events import Event
+from pgsluice.history import History
 from pgsluice.lock import acquire_advisory_lock, release_advisory_lock
 from pgsluice.migrations import Discovery, discover
-from pgsluice.plan import Plan, make_plan
+from pgsluice.plan import DownPlan, Plan, make_down_plan, make_plan
 from pgsluice.problems import Problem
 from pgsluice.records import Execution, RowStatus
 from pgsluice.report import Report
@@ -27,6 +28,7 @@ from pgsluice.source import read_folder
 from pgsluice.wait import wait_for_database
 
 if TYPE_CHECKING:
+    from pgsluice.backup import BackupPurpose
     from pgsluice.pgtools import ClientTool
 
 log = structlog.get_logger("pgsluice.run")
@@ -87,6 +89,17 @@ def _session(config: Config, report: Report, *, locked: bool) -> Iterator[psycop
             release_advisory_lock(first, config.lock_key)
 
 
+def _read_history(config: Config, conn: psycopg.Connection[Any], found: Discovery, *, create: bool = False) -> History:
+    """The history (and repeatable) rows; with ``create``, the tables are made when missing."""
+    repeatables = bool(found.repeatables)
+    read = history.read_history(conn, config.history_table, repeatables=repeatables)
+    if read is None:
+        if create:
+            history.ensure_table(conn, config.history_table, repeatables=repeatables)
+        return History([], [])
+    return read
+
+
 def _plan(
     config: Config,
     report: Report,
@@ -95,71 +108,137 @@ def _plan(
     *,
     check_sql: bool,
     create: bool = False,
-) -> Plan:
+) -> tuple[Plan, History]:
     """Read the history (creating the table first when ``create``) and compare it with the files."""
     with report.step("plan"):
-        rows = history.read_history(conn, config.history_table)
-        if rows is None:
-            if create:
-                history.ensure_table(conn, config.history_table)
-            rows = []
-        plan = make_plan(
-            found.migrations,
-            rows,
-            allow_out_of_order=config.allow_out_of_order,
-            check_sql=check_sql,
-            history_table=(config.history_table.schema, config.history_table.name),
-        )
+        read = _read_history(config, conn, found, create=create)
+        plan = _compare(config, found, read, check_sql=check_sql)
     report.pending_before = [m.version for m in plan.pending]
     report.current_version = plan.current_version
     report.target_version = plan.target_version
     _log_problems(Event.PLAN_WARNING, plan.warnings, warning=True)
-    return plan
+    if plan.future:
+        log.warning(
+            Event.PLAN_FUTURE_VERSIONS,
+            versions=list(plan.future),
+            hint="a newer release applied them (a rollback, or a rolling update): accepted; --strict-future refuses",
+        )
+    if plan.deferred:
+        report.details["deferred"] = [m.version for m in plan.deferred]
+    return plan, read
+
+
+def _compare(config: Config, found: Discovery, read: History, *, check_sql: bool) -> Plan:
+    return make_plan(
+        found.migrations,
+        read.rows,
+        allow_out_of_order=config.allow_out_of_order,
+        check_sql=check_sql,
+        history_table=(config.history_table.schema, config.history_table.name),
+        strict_future=config.strict_future,
+        target=config.target_version if config.command in ("migrate", "plan") else None,
+        repeatables=found.repeatables,
+        repeatable_rows=read.repeatables,
+    )
 
 
 def run_migrate(config: Config, report: Report) -> ExitCode:
     """The gate: exit 0 only when every migration is applied and the history says so."""
-    from pgsluice.apply import apply_plan
+    from pgsluice.apply import Direction, Unit
+    from pgsluice.backup import BackupPurpose
 
     found = _discover(config, report)
     with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as conn:
-        plan = _plan(config, report, conn, found, check_sql=True, create=True)
+        plan, _ = _plan(config, report, conn, found, check_sql=True, create=True)
         log.info(
             Event.PLAN_READY,
             pending=report.pending_before,
+            repeatables=[m.name for m in plan.outdated],
+            deferred=[m.version for m in plan.deferred],
             current_version=plan.current_version,
             target_version=plan.target_version,
         )
         if plan.problems:
             _log_problems(Event.PLAN_INVALID, plan.problems)
             raise _inconsistent(plan.problems, "the history does not match the files, nothing was applied")
-        if not plan.pending:
+        if not plan.pending and not plan.outdated:
             log.info(Event.RUN_UP_TO_DATE, current_version=plan.current_version)
             return ExitCode.OK
-        history.widen_versions(conn, config.history_table, (m.version for m in plan.pending))
-
-        with closing(connect(config, "apply")) as work:
-            work.prepare_threshold = None  # the session reset deallocates prepared statements
-            backup_step(config, report, work, plan, pg_dump)
-            with report.step("apply"):
-                apply_plan(work, list(plan.pending), config, report)
+        history.upgrade_table(conn, config.history_table, (m.version for m in plan.pending))
+        if plan.outdated:
+            history.ensure_table(conn, config.history_table, repeatables=True)
+        units = [Unit(m, Direction.UP, down=found.down_file(m)) for m in plan.pending]
+        units += [Unit(m, Direction.REPEATABLE) for m in plan.outdated]
+        purpose = BackupPurpose(plan.current_version, plan.target_version, tuple(u.migration.filename for u in units))
+        _apply(config, report, units, purpose, pg_dump)
 
         # Trust, then verify: the history must now agree with the files.
-        after = make_plan(
-            found.migrations,
-            history.read_history(conn, config.history_table) or [],
-            check_sql=False,
-            allow_out_of_order=config.allow_out_of_order,
-        )
-        if after.pending or after.problems:
+        after = _compare(config, found, _read_history(config, conn, found), check_sql=False)
+        if after.pending or after.problems or after.outdated:
             problems = list(after.problems) or [
                 Problem(
-                    f"versions {[m.version for m in after.pending]} are still pending after applying",
+                    f"versions {[m.version for m in after.pending]} and repeatables "
+                    f"{[m.name for m in after.outdated]} are still pending after applying",
                     "report this as a bug",
                 )
             ]
             raise _inconsistent(problems, "the schema is not current after applying")
         report.current_version = after.current_version
+        return ExitCode.OK
+
+
+def _apply(
+    config: Config, report: Report, units: list[Any], purpose: BackupPurpose, pg_dump: ClientTool | None
+) -> None:
+    """On a connection of its own: the backup, then the units."""
+    from pgsluice.apply import apply_plan
+
+    with closing(connect(config, "apply")) as work:
+        work.prepare_threshold = None  # the session reset deallocates prepared statements
+        backup_step(config, report, work, purpose, pg_dump)
+        with report.step("apply"):
+            apply_plan(work, units, config, report)
+
+
+def run_down(config: Config, report: Report) -> ExitCode:
+    """Undo applied migrations, newest first, each in one transaction with the deletion of its row."""
+    from pgsluice.apply import Direction, Unit
+    from pgsluice.backup import BackupPurpose
+
+    args = config.args
+    found = _discover(config, report)
+    with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as conn:
+        plan, read = _plan(config, report, conn, found, check_sql=False)
+        down: DownPlan = make_down_plan(
+            found, read.rows, to=args.down_to, steps=args.down_steps, variables=config.variables
+        )
+        reverting = [step.version for step in down.steps]
+        log.info(
+            Event.PLAN_READY,
+            reverting=reverting,
+            sources={str(step.version): step.source for step in down.steps},
+            current_version=plan.current_version,
+        )
+        _log_problems(Event.PLAN_WARNING, down.warnings, warning=True)
+        if down.problems:
+            _log_problems(Event.PLAN_INVALID, down.problems)
+            raise _inconsistent(down.problems, "down would not undo everything it was asked to, nothing was undone")
+        if not down.steps:
+            log.info(Event.RUN_UP_TO_DATE, current_version=plan.current_version, reason="nothing to undo")
+            return ExitCode.OK
+        history.upgrade_table(conn, config.history_table, ())
+        remaining = [r.version for r in read.rows if r.version not in set(reverting)]
+        purpose = BackupPurpose(
+            plan.current_version, max(remaining, default=0), tuple(s.migration.filename for s in down.steps)
+        )
+        _apply(config, report, [Unit(s.migration, Direction.DOWN) for s in down.steps], purpose, pg_dump)
+        left = {r.version for r in _read_history(config, conn, found).rows} & set(reverting)
+        if left:
+            raise InconsistentError(
+                f"versions {sorted(left)} are still in the history after their down migrations ran",
+                hint="report this as a bug",
+            )
+        report.current_version = max(remaining, default=None)
         return ExitCode.OK
 
 
@@ -177,7 +256,7 @@ def _pg_dump_ahead(config: Config) -> Iterator[ClientTool | None]:
 
 
 def backup_step(
-    config: Config, report: Report, conn: psycopg.Connection[Any], plan: Plan, pg_dump: ClientTool | None
+    config: Config, report: Report, conn: psycopg.Connection[Any], purpose: BackupPurpose, pg_dump: ClientTool | None
 ) -> None:
     """The backup taken under the lock, after the plan, before the first migration."""
     if pg_dump is None:
@@ -186,14 +265,14 @@ def backup_step(
     from pgsluice.backup import take_backup
 
     with report.step("backup"):
-        report.backup = take_backup(config, conn, plan, pg_dump)
+        report.backup = take_backup(config, conn, purpose, pg_dump)
 
 
 def run_status(config: Config, report: Report) -> ExitCode:
     """Every migration with its state; with --exit-code, 9 when anything is pending."""
     found = _discover(config, report)
     with _session(config, report, locked=False) as conn:
-        plan = _plan(config, report, conn, found, check_sql=False)
+        plan, _ = _plan(config, report, conn, found, check_sql=False)
     views.print_status(plan, as_json=config.args.json_output)
     if config.args.state_as_exit_code:
         if plan.problems:
@@ -209,7 +288,7 @@ def run_plan(config: Config, report: Report) -> ExitCode:
     """What migrate would run, in order, with every check; changes nothing."""
     found = _discover(config, report)
     with _session(config, report, locked=False) as conn:
-        plan = _plan(config, report, conn, found, check_sql=True)
+        plan, _ = _plan(config, report, conn, found, check_sql=True)
     views.print_plan(plan, as_json=config.args.json_output)
     if plan.problems:
         _log_problems(Event.PLAN_INVALID, plan.problems)
@@ -227,8 +306,8 @@ def run_baseline(config: Config, report: Report) -> ExitCode:
         raise ConfigError(f"baseline {version}: no migration file has a version up to {version}")
     with _session(config, report, locked=True) as conn:
         history.ensure_table(conn, config.history_table)
-        history.widen_versions(conn, config.history_table, (m.version for m in chosen))
-        known = {row.version for row in history.read_history(conn, config.history_table) or []}
+        history.upgrade_table(conn, config.history_table, (m.version for m in chosen))
+        known = {row.version for row in _read_history(config, conn, found).rows}
         rows = [(m.version, m.name, m.checksum, m.file_sha256) for m in chosen if m.version not in known]
         history.insert_baseline(conn, config.history_table, rows, config.hostname)
     report.applied = [r[0] for r in rows]
@@ -245,7 +324,8 @@ def run_resolve(config: Config, report: Report) -> ExitCode:
     version = config.args.version
     assert version is not None  # noqa: S101 - argparse requires it
     with _session(config, report, locked=True) as conn:
-        rows = {row.version: row for row in history.read_history(conn, config.history_table) or []}
+        read = history.read_history(conn, config.history_table)
+        rows = {row.version: row for row in (read.rows if read else [])}
         row = rows.get(version)
         if row is None or row.status != RowStatus.STARTED:
             state = row.status if row else "not in the history"
@@ -270,10 +350,15 @@ def run_lint(config: Config, report: Report) -> ExitCode:
     problems = list(found.problems)
     warnings = list(found.warnings)
     notes: list[Problem] = []
-    for migration in found.migrations:
+    for migration in (*found.migrations, *found.repeatables):
         problems.extend(migration.sql_problems(strict_syntax=True))
         warnings.extend(migration.warnings(strict_syntax=True))
         notes.extend(migration.lint_notes())
+        problems.extend(found.down_problems(migration))
+        down = found.down_file(migration)
+        if down is not None:
+            problems.extend(down.sql_problems(strict_syntax=True))
+            warnings.extend(down.warnings(strict_syntax=True))
     views.print_lint(found, problems, warnings, notes)
     if problems:
         raise _inconsistent(problems, "lint found problems")
@@ -301,8 +386,11 @@ def run_backup(config: Config, report: Report) -> ExitCode:
     """Take a backup now, under the lock, the same way migrate does."""
     _require_store(config)
     found = _discover(config, report)
+    from pgsluice.backup import BackupPurpose
+
     with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as conn:
-        backup_step(config, report, conn, _plan(config, report, conn, found, check_sql=False), pg_dump)
+        plan, _ = _plan(config, report, conn, found, check_sql=False)
+        backup_step(config, report, conn, BackupPurpose(plan.current_version, plan.current_version, ()), pg_dump)
     return ExitCode.OK
 
 
@@ -341,6 +429,7 @@ RUNNERS: dict[str, Callable[[Config, Report], ExitCode]] = {
     "plan": run_plan,
     "baseline": run_baseline,
     "resolve": run_resolve,
+    "down": run_down,
     "lint": run_lint,
     "new": run_new,
     "backup": run_backup,

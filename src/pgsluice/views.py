@@ -7,8 +7,8 @@ import sys
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
-from pgsluice.migrations import Discovery
-from pgsluice.plan import Entry, Plan
+from pgsluice.migrations import Discovery, Migration
+from pgsluice.plan import Entry, Plan, RepeatableEntry, State
 from pgsluice.problems import Problem
 from pgsluice.records import Execution
 
@@ -31,6 +31,31 @@ def _entry_dict(entry: Entry) -> dict[str, Any]:
         "hostname": row.hostname if row else None,
         "duration_seconds": row.duration_seconds if row else None,
         "no_transaction": entry.migration.no_transaction if entry.migration else None,
+        "down": rollback_source(entry),
+    }
+
+
+def rollback_source(entry: Entry) -> str | None:
+    """Where ``down`` would take this migration's down SQL from: folder, history, both, or None (it cannot)."""
+    if entry.state not in (State.APPLIED, State.FUTURE):
+        return None
+    in_folder = entry.migration is not None and entry.migration.down_filename is not None
+    in_history = entry.row is not None and entry.row.down_sql is not None
+    if in_folder and in_history:
+        return "folder+history"
+    if in_folder:
+        return "folder"
+    return "history" if in_history else None
+
+
+def _repeatable_dict(entry: RepeatableEntry) -> dict[str, Any]:
+    row = entry.row
+    return {
+        "name": entry.name,
+        "file": entry.migration.filename,
+        "state": entry.state.value,
+        "applied_at": row.applied_at.isoformat() if row and row.applied_at else None,
+        "applied_by": row.applied_by if row else None,
     }
 
 
@@ -74,12 +99,14 @@ def print_status(plan: Plan, *, as_json: bool) -> None:
         doc = {
             "current_version": plan.current_version,
             "pending": [m.version for m in plan.pending],
+            "future": list(plan.future),
             "migrations": [_entry_dict(e) for e in plan.entries],
+            "repeatables": [_repeatable_dict(r) for r in plan.repeatables],
             "problems": [_problem_dict(p) for p in plan.problems],
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    rows = [["VERSION", "NAME", "STATE", "APPLIED AT (UTC)", "BY", "DURATION"]]
+    rows = [["VERSION", "NAME", "STATE", "APPLIED AT (UTC)", "BY", "DURATION", "DOWN"]]
     for entry in plan.entries:
         row = entry.row
         state = entry.state.value + (" (out of order)" if entry.out_of_order else "")
@@ -94,6 +121,20 @@ def print_status(plan: Plan, *, as_json: bool) -> None:
                 when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if when else "",
                 f"{row.applied_by}@{row.hostname}" if row else "",
                 f"{row.duration_seconds:.3f}s" if row and row.duration_seconds is not None else "",
+                rollback_source(entry) or "",
+            ]
+        )
+    for repeatable in plan.repeatables:
+        last = repeatable.row
+        rows.append(
+            [
+                "R",
+                repeatable.name,
+                repeatable.state.value,
+                last.applied_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if last and last.applied_at else "",
+                f"{last.applied_by}@{last.hostname}" if last else "",
+                f"{last.duration_seconds:.3f}s" if last and last.duration_seconds is not None else "",
+                "",
             ]
         )
     out = _table(rows) if len(rows) > 1 else "no migrations"
@@ -106,36 +147,45 @@ def print_status(plan: Plan, *, as_json: bool) -> None:
     sys.stdout.write(out)
 
 
+def _pending_dict(m: Migration) -> dict[str, Any]:
+    return {
+        "version": None if m.repeatable else m.version,
+        "file": m.filename,
+        "no_transaction": m.no_transaction,
+        "statements": len(m.analysis.commands),
+        "execution": str(m.execution),
+    }
+
+
+def _apply_line(m: Migration) -> str:
+    if m.analysis.comment_only:
+        return f"  apply {m.filename} (comments only: recorded as applied, nothing runs)"
+    mode = "no-transaction, as psql runs it" if m.no_transaction else "one transaction"
+    return f"  apply {m.filename} ({len(m.analysis.commands)} statement(s), {mode})"
+
+
 def print_plan(plan: Plan, *, as_json: bool) -> None:
-    """The migrations migrate would apply, in order."""
+    """The migrations migrate would apply, in order: versioned ones, then outdated repeatable ones."""
     if as_json:
         doc = {
             "current_version": plan.current_version,
             "target_version": plan.target_version,
-            "pending": [
-                {
-                    "version": m.version,
-                    "file": m.filename,
-                    "no_transaction": m.no_transaction,
-                    "statements": len(m.analysis.commands),
-                    "execution": str(m.execution),
-                }
-                for m in plan.pending
-            ],
+            "pending": [_pending_dict(m) for m in plan.pending],
+            "repeatables": [_pending_dict(m) for m in plan.outdated],
+            "deferred": [m.version for m in plan.deferred],
+            "future": list(plan.future),
             "problems": [_problem_dict(p) for p in plan.problems],
             "warnings": [_problem_dict(p) for p in plan.warnings],
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     lines = [f"current version: {_version(plan.current_version)}; target version: {_version(plan.target_version)}"]
-    if not plan.pending:
+    if not plan.pending and not plan.outdated:
         lines.append("nothing to apply")
-    for m in plan.pending:
-        if m.analysis.comment_only:
-            lines.append(f"  apply {m.filename} (comments only: recorded as applied, nothing runs)")
-            continue
-        mode = "no-transaction, as psql runs it" if m.no_transaction else "one transaction"
-        lines.append(f"  apply {m.filename} ({len(m.analysis.commands)} statement(s), {mode})")
+    lines += [_apply_line(m) for m in (*plan.pending, *plan.outdated)]
+    lines += [f"  later (beyond --target): {m.filename}" for m in plan.deferred]
+    if plan.future:
+        lines.append(f"  newer than every file (a newer release's, accepted): {list(plan.future)}")
     lines += [f"  ! {problem}" for problem in plan.problems]
     lines += [f"  ~ {warning}" for warning in plan.warnings]
     sys.stdout.write("\n".join(lines) + "\n")
