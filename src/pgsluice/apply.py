@@ -332,7 +332,7 @@ class _SentMigration:
         return self.unit.migration
 
 
-def _send(conn: psycopg.Connection[Any], sent: _SentMigration, config: Config) -> None:
+def _send(conn: psycopg.Connection[Any], sent: _SentMigration, config: Config, *, reset: bool) -> None:
     """Send one migration's commands: BEGIN, timeouts, statements, history row, COMMIT."""
     migration = sent.migration
     analysis = migration.analysis
@@ -352,7 +352,7 @@ def _send(conn: psycopg.Connection[Any], sent: _SentMigration, config: Config) -
     sent.record.execute(_record_query(sent.unit, config))
     sent.commit = conn.cursor()
     sent.commit.execute("COMMIT")
-    if not analysis.session_neutral:
+    if reset and not analysis.session_neutral:
         for query in SESSION_RESET:
             conn.execute(query)
 
@@ -383,11 +383,16 @@ class _Applier:
         config: Config,
         report: Report,
         on_applied: Callable[[AppliedMigration], None],
+        *,
+        guard: Callable[[], None],
+        pooled: bool,
     ) -> None:
         self.conn = conn
         self.config = config
         self.report = report
         self.on_applied = on_applied
+        self.guard = guard
+        self.pooled = pooled
 
     def applied(self, unit: Unit, duration: float, attempts: int) -> None:
         migration = unit.migration
@@ -440,6 +445,7 @@ class _Applier:
 
     def next(self, queue: list[Unit], attempt: _Attempt) -> None:
         """Apply from the front of ``queue``, removing each unit as it commits; raise on a failure."""
+        self.guard()
         batch = _next_batch(queue)
         self.report.in_flight = batch[0].label
         self.announce(batch)
@@ -453,7 +459,7 @@ class _Applier:
             with self.conn.pipeline() if _pipelined(batch[0]) else contextlib.nullcontext():
                 for unit in batch:
                     sent.append(_SentMigration(unit))  # listed before it is sent: an earlier error surfaces
-                    _send(self.conn, sent[-1], self.config)
+                    _send(self.conn, sent[-1], self.config, reset=not self.pooled)
         except BaseException as exc:  # noqa: BLE001 - a psycopg error, or Interrupted: re-raised below, once the commits are counted
             failure = exc
         for done in sent:
@@ -469,6 +475,7 @@ class _Applier:
         self.report.in_flight = failed.migration.filename if failed else None
         if not isinstance(failure, psycopg.Error) or failed is None:
             raise failure  # Interrupted; or an error after the last COMMIT (the session reset)
+        self.guard()  # a lost lease cancelled the statement: say that, not "canceling statement"
         command, stage = failed.failed_at(str(self.config.history_table))
         raise _failure(self.conn, failed.migration, failure, command, attempt, stage=stage) from failure
 
@@ -479,7 +486,10 @@ class _Applier:
         _history_write(migration, config, "before running it", lambda: _before_without_transaction(conn, unit, config))
         if unit.direction != Direction.REPEATABLE:
             log.info(Event.MIGRATION_STARTED_ROW_WRITTEN, version=migration.version, file=migration.filename)
-        conn.execute(_timeouts(config, local=False))
+        if not self.pooled:
+            # Through a transaction pooler a session SET would land on some pooled server connection and stay
+            # there for other clients: the statements run with the role's or database's own timeouts.
+            conn.execute(_timeouts(config, local=False))
         for block in migration.analysis.blocks:
             command: Command | None = None
             try:
@@ -495,6 +505,7 @@ class _Applier:
                     conn.execute("COMMIT")
             except psycopg.Error as exc:
                 _rollback(conn)
+                self.guard()
                 lost = _connection_lost(conn, exc)
                 invalid = () if lost else _invalid_indexes(conn, command)
                 raise _failure(
@@ -507,8 +518,9 @@ class _Applier:
                     invalid_indexes=invalid,
                 ) from exc
         _history_write(migration, config, "after it ran", lambda: _after_without_transaction(conn, unit, config))
-        for query in SESSION_RESET:
-            conn.execute(query)
+        if not self.pooled:
+            for query in SESSION_RESET:
+                conn.execute(query)
         self.applied(unit, 0.0, attempt.number)
 
 
@@ -589,15 +601,20 @@ def apply_plan(
     config: Config,
     report: Report,
     on_applied: Callable[[AppliedMigration], None] = lambda _m: None,
+    *,
+    guard: Callable[[], None] = lambda: None,
+    pooled: bool = False,
 ) -> None:
     """Apply ``units`` in order; each committed one is recorded in ``report`` as it is known.
 
     A migration that hit lock_timeout or a deadlock is retried (``--ddl-retries``, backoff from
     ``--ddl-retry-delay``); raises MigrationFailedError (7), DatabaseUnreachableError (3) or
-    InconsistentError (6)."""
+    InconsistentError (6). ``guard`` raises when the migration lock was lost (it is called before each
+    batch and when a statement fails: a lost lease cancels the running statement). ``pooled``: a
+    transaction pooler is in the way, so no session state is set (see _Applier)."""
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-    applier = _Applier(conn, config, report, on_applied)
+    applier = _Applier(conn, config, report, on_applied, guard=guard, pooled=pooled)
     queue = list(units)
     while queue:
         head = queue[0]

@@ -221,6 +221,102 @@ class Settings:
         unit="seconds",
         commands=PLANNING_COMMANDS,
     )
+    lock_strategy: str = option(
+        "advisory",
+        "advisory (a session lock: direct or session-pooled connections), lease (a row with a heartbeat: works "
+        "through transaction pooling) or auto (lease when transaction pooling is detected)",
+        parse=_one_of("advisory", "lease", "auto"),
+        commands=CONNECTING_COMMANDS,
+    )
+    lease_seconds: float = option(
+        30.0,
+        "lease lock: how long a lease lasts without a heartbeat (a killed holder's lease expires after it)",
+        flag="--lease-duration",
+        env="PGSLUICE_LEASE_DURATION",
+        parse=parse_duration,
+        check=positive,
+        unit="seconds",
+        commands=CONNECTING_COMMANDS,
+    )
+    lease_heartbeat_seconds: float = option(
+        5.0,
+        "lease lock: how often the holder renews its lease",
+        flag="--lease-heartbeat",
+        env="PGSLUICE_LEASE_HEARTBEAT",
+        parse=parse_duration,
+        check=positive,
+        unit="seconds",
+        commands=CONNECTING_COMMANDS,
+    )
+    unsafe_ddl: str = option(
+        "warn",
+        "the safety gate: block (refuse the run before anything is applied, exit 10), warn (log each finding) or off",
+        parse=_one_of("block", "warn", "off"),
+        commands=("migrate", "plan", "lint"),
+    )
+    unsafe_ddl_threshold: str = option(
+        "large",
+        "the least severity the safety gate acts on: small, large or huge (a finding's severity comes from its "
+        "rule and the size of its table)",
+        parse=_one_of("small", "large", "huge"),
+        commands=("migrate", "plan", "lint"),
+    )
+    large_table_rows: int = option(
+        100_000,
+        "a table with at least this many rows (estimated) is large: a scan or rewrite of it takes seconds",
+        parse=parse_count,
+        unit="rows",
+        commands=("migrate", "plan"),
+    )
+    large_table_bytes: int = option(
+        100 * 1024**2,
+        "a table of at least this size is large",
+        parse=parse_size,
+        unit="bytes",
+        commands=("migrate", "plan"),
+    )
+    huge_table_rows: int = option(
+        10_000_000,
+        "a table with at least this many rows (estimated) is huge: a scan or rewrite of it takes minutes",
+        parse=parse_count,
+        unit="rows",
+        commands=("migrate", "plan"),
+    )
+    huge_table_bytes: int = option(
+        10 * 1024**3,
+        "a table of at least this size is huge",
+        parse=parse_size,
+        unit="bytes",
+        commands=("migrate", "plan"),
+    )
+    long_transaction_seconds: float = option(
+        60.0,
+        "preflight: a transaction open longer than this is named (the migration's DDL would queue behind it)",
+        parse=parse_duration,
+        unit="seconds",
+        commands=("migrate",),
+    )
+    on_drift: str = option(
+        "warn",
+        "when the schema changed outside pgsluice since its last run: warn (log drift.detected) or fail (exit 6)",
+        parse=_one_of("warn", "fail"),
+        commands=("migrate", "status"),
+    )
+    progress_after_seconds: float = option(
+        10.0,
+        "a statement (or a backup) running longer than this gets progress events",
+        parse=parse_duration,
+        unit="seconds",
+        commands=("migrate", "down", "backup"),
+    )
+    progress_interval_seconds: float = option(
+        15.0,
+        "seconds between progress events",
+        parse=parse_duration,
+        check=positive,
+        unit="seconds",
+        commands=("migrate", "down", "backup"),
+    )
     allow_out_of_order: bool = option(
         False,
         "apply pending versions lower than the highest applied one",

@@ -91,6 +91,9 @@ def connect_kwargs(config: Config, purpose: str) -> dict[str, Any]:
         # In a SQL_ASCII database psycopg would return text as bytes; ask for UTF-8.
         "client_encoding": "UTF8",
         "autocommit": True,
+        # No server-side prepared statements: a transaction pooler hands each transaction to any server
+        # connection, where a statement prepared on another one does not exist.
+        "prepare_threshold": None,
     }
     if config.password is not None:
         kwargs["password"] = config.password
@@ -115,6 +118,34 @@ def connect(config: Config, purpose: str) -> psycopg.Connection[Any]:
         conn.close()
         raise
     return conn
+
+
+def detect_transaction_pooling(conn: psycopg.Connection[Any], config: Config, rounds: int = 3) -> str | None:
+    """Evidence that a transaction (or statement) pooler sits between pgsluice and the server, or None.
+
+    A session of its own keeps its backend; through a transaction pooler a connection's
+    backend goes back to the pool after each transaction (and a pooler hands out the most
+    recently released one first). So: note this connection's backend, ask a second connection
+    for its own, and ask this one again. Either the second was handed this connection's backend,
+    or this connection now has another one. A direct connection or a session pooler shows neither
+    (no false alarm). Other clients of the pool can hide both in one round, so a few rounds are
+    tried. No transaction is held open meanwhile: holding a pooled backend while asking for
+    another would deadlock a busy pool. Costs one connection and a few milliseconds."""
+    with connect(config, "probe") as other:
+        for _ in range(rounds):
+            first = _backend(conn)
+            second = _backend(other)
+            again = _backend(conn)
+            if second == first:
+                return f"a second connection was handed this connection's server backend (pid {first})"
+            if again != first:
+                return f"this connection's server backend changed between two transactions (pid {first}, then {again})"
+    return None
+
+
+def _backend(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    return int(row[0]) if row else 0
 
 
 def describe_connect_error(exc: BaseException, config: Config) -> str:

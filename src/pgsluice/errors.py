@@ -94,6 +94,10 @@ class ConfigError(PgsluiceError):
     exit_code = ExitCode.USAGE
 
 
+class PoolingDetectedError(ConfigError):
+    """Raised when the advisory lock strategy meets a transaction pooler; no lock was left behind."""
+
+
 class DatabaseUnreachableError(PgsluiceError):
     """Raised when the database did not answer before the wait deadline, or the connection was lost."""
 
@@ -110,6 +114,10 @@ class LockTimeoutError(PgsluiceError):
     """Raised when another runner held the migration lock past the lock deadline."""
 
     exit_code = ExitCode.LOCK_TIMEOUT
+
+
+class LockLostError(LockTimeoutError):
+    """Raised when the lease lock could not be renewed: the running statement was cancelled and rolled back."""
 
 
 class InconsistentError(PgsluiceError):

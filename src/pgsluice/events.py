@@ -15,10 +15,18 @@ class Event(StrEnum):
 
     CONFIG_WARNING = "config.warning"
     WAIT_RETRY_SCHEDULED = "wait.retry_scheduled"
+    WAIT_IN_RECOVERY = "wait.in_recovery"
     DB_CONNECTED = "db.connected"
     LOCK_WAITING = "lock.waiting"
     LOCK_ACQUIRED = "lock.acquired"
     LOCK_RELEASED = "lock.released"
+    LOCK_POOLING_DETECTED = "lock.pooling_detected"
+    LOCK_LEASE_RENEWED = "lock.lease_renewed"
+    LOCK_LEASE_LOST = "lock.lease_lost"
+    PREFLIGHT_SESSIONS_FOUND = "preflight.sessions_found"
+    SAFETY_FINDING = "safety.finding"
+    DRIFT_DETECTED = "drift.detected"
+    DRIFT_RECORDED = "drift.recorded"
     FILES_WARNING = "files.warning"
     FILES_INVALID = "files.invalid"
     HISTORY_UPGRADED = "history.upgraded"
@@ -29,6 +37,7 @@ class Event(StrEnum):
     BACKUP_SKIPPED = "backup.skipped"
     BACKUP_STARTED = "backup.started"
     BACKUP_DUMP_FINISHED = "backup.dump_finished"
+    BACKUP_PROGRESS = "backup.progress"
     BACKUP_UPLOADED = "backup.uploaded"
     BACKUP_VERIFIED = "backup.verified"
     BACKUP_COMPLETED = "backup.completed"
@@ -39,6 +48,7 @@ class Event(StrEnum):
     MIGRATION_ECHOED = "migration.echoed"
     MIGRATION_STARTED_ROW_WRITTEN = "migration.started_row_written"
     MIGRATION_RETRY_SCHEDULED = "migration.retry_scheduled"
+    MIGRATION_PROGRESS = "migration.progress"
     MIGRATION_APPLIED = "migration.applied"
     MIGRATION_FAILED = "migration.failed"
     MIGRATION_CONNECTION_LOST = "migration.connection_lost"
@@ -56,11 +66,22 @@ class Event(StrEnum):
 ABOUT: dict[Event, str] = {
     Event.CONFIG_WARNING: "a setting works but is risky (a password given as a flag)",
     Event.WAIT_RETRY_SCHEDULED: "the database did not answer yet: `retry_num`, `wait_seconds`, `cause`",
+    Event.WAIT_IN_RECOVERY: "the server is a standby or in recovery (not ready for migrations): retried like "
+    "an unreachable one",
     Event.DB_CONNECTED: "connected: host, port, database, user, server version (never the password)",
     Event.LOCK_WAITING: "another runner holds the lock: `holder_pid`, `holder_application_name`, "
     "`holder_client_addr`, `holder_since`",
     Event.LOCK_ACQUIRED: "the migration lock is ours: `wait_seconds`",
     Event.LOCK_RELEASED: "the lock was released (or went with the session)",
+    Event.LOCK_POOLING_DETECTED: "a transaction pooler is between pgsluice and the server: `strategy` chosen",
+    Event.LOCK_LEASE_RENEWED: "(debug) the lease lock's heartbeat renewed it: `expires_at`",
+    Event.LOCK_LEASE_LOST: "the lease could not be renewed: the running statement is cancelled, the run stops",
+    Event.PREFLIGHT_SESSIONS_FOUND: "sessions the migration's locks would queue behind: `sessions` (pid, "
+    "application_name, state, age, query)",
+    Event.SAFETY_FINDING: "the safety gate's finding: `rule`, `severity`, `file`, `line`, `table`, `lock`, "
+    "`message`, `safe_form`",
+    Event.DRIFT_DETECTED: "the schema changed outside pgsluice since its last run: `added`, `removed`, `changed`",
+    Event.DRIFT_RECORDED: "(debug) the schema's fingerprint after applying was recorded",
     Event.FILES_WARNING: "something about a file worth knowing; nothing stops",
     Event.FILES_INVALID: "a file stops the run before anything is applied: `file`, `line`, `problem`, `hint`",
     Event.HISTORY_UPGRADED: "pgsluice changed its own history table's shape, once, under the lock",
@@ -73,6 +94,8 @@ ABOUT: dict[Event, str] = {
     Event.BACKUP_SKIPPED: "no backup target configured",
     Event.BACKUP_STARTED: "pg_dump started: `object`, `compression`, `part_size_bytes`",
     Event.BACKUP_DUMP_FINISHED: "(debug) pg_dump exited",
+    Event.BACKUP_PROGRESS: "a long backup: `bytes_dumped`, `bytes_uploaded`, `rate_bytes_per_second`, "
+    "`elapsed_seconds`, `percent_estimate` (of the database's size: the dump is compressed)",
     Event.BACKUP_UPLOADED: "the dump is stored: `object`, `bytes`, `sha256`",
     Event.BACKUP_VERIFIED: "the dump was read back through pg_restore --list",
     Event.BACKUP_COMPLETED: "the manifest is written: the backup is complete",
@@ -83,6 +106,8 @@ ABOUT: dict[Event, str] = {
     Event.MIGRATION_ECHOED: "a migration's `\\echo`: `file`, `line`, `message`",
     Event.MIGRATION_STARTED_ROW_WRITTEN: "a no-transaction migration's `started` row is committed",
     Event.MIGRATION_RETRY_SCHEDULED: "a migration hit lock_timeout or a deadlock and will be retried",
+    Event.MIGRATION_PROGRESS: "a long statement: `file`, `line`, `elapsed_seconds`, and from PostgreSQL's progress "
+    "views `command`, `phase`, `percent`; or `waiting_for` the sessions it is queued behind",
     Event.MIGRATION_APPLIED: "a migration committed: `version`, `file`, `duration_seconds`, `execution`",
     Event.MIGRATION_FAILED: "a migration failed: `file`, `line`, `column`, `sqlstate`",
     Event.MIGRATION_CONNECTION_LOST: "the connection dropped during a migration",

@@ -5,8 +5,10 @@ No SQL and no storage calls here: each step lives in its own module.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -14,11 +16,11 @@ import structlog
 
 from pgsluice import history, views
 from pgsluice.config import Config
-from pgsluice.db import connect, server_facts
-from pgsluice.errors import ConfigError, ExitCode, InconsistentError, Location
+from pgsluice.db import connect, detect_transaction_pooling, server_facts
+from pgsluice.errors import ConfigError, ExitCode, InconsistentError, Location, PoolingDetectedError
 from pgsluice.events import Event
 from pgsluice.history import History
-from pgsluice.lock import acquire_advisory_lock, release_advisory_lock
+from pgsluice.lock import AdvisoryLock, LeaseLock, Lock, read_lease
 from pgsluice.migrations import Discovery, discover
 from pgsluice.plan import DownPlan, Plan, make_down_plan, make_plan
 from pgsluice.problems import Problem
@@ -64,29 +66,83 @@ def _discover(config: Config, report: Report) -> Discovery:
     return found
 
 
-@contextmanager
-def _session(config: Config, report: Report, *, locked: bool) -> Iterator[psycopg.Connection[Any]]:
-    """Wait for the database; with ``locked``, hold the advisory lock on that connection for the block.
+@dataclass
+class Session:
+    """The first connection of a run, the migration lock held on it, and what it learnt of the way there."""
 
-    Reading the history and recording baselines happen on it; migrations run on a connection
-    of their own (a migration's session reset must not touch the lock).
+    conn: psycopg.Connection[Any]
+    lock: Lock | None = None
+    pooled: bool = False
+    """A transaction pooler sits in between: no session state is set or relied upon."""
+
+
+def _choose_lock(config: Config, session: Session) -> Lock:
+    """The advisory lock, or the lease when asked for (or, with auto, when a transaction pooler is in the way);
+    with advisory through a transaction pooler, a usage error before any lock is taken."""
+    evidence = detect_transaction_pooling(session.conn, config)
+    session.pooled = evidence is not None
+    strategy = config.lock_strategy
+    if evidence is not None:
+        chosen = "lease" if strategy in ("lease", "auto") else "none (refused)"
+        log.warning(Event.LOCK_POOLING_DETECTED, evidence=evidence, strategy=chosen)
+        if strategy == "advisory":
+            raise PoolingDetectedError(
+                f"a transaction pooler is between pgsluice and the database ({evidence}): a session advisory lock "
+                "would be taken on one server connection and released (or not) on another",
+                hint="connect directly or through a session-mode pooler (a second URL for migrations), or use "
+                "--lock-strategy lease (or auto), which works through transaction pooling",
+            )
+    if strategy == "lease" or (strategy == "auto" and (evidence is not None or _proxied(session.conn))):
+        return LeaseLock(
+            session.conn,
+            config.history_table,
+            config.lock_key,
+            timeout_seconds=config.lock_timeout_seconds,
+            lease_seconds=config.lease_seconds,
+            heartbeat_seconds=config.lease_heartbeat_seconds,
+            holder=f"{config.hostname} (pgsluice {config.command})",
+        )
+    return AdvisoryLock(session.conn, config.lock_key, config.lock_timeout_seconds, config.lock_poll_max_seconds)
+
+
+def _proxied(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server sees another client port than this connection's own: a proxy or pooler is in between
+    (with ``auto`` its mode does not matter: the lease works in every mode)."""
+    import socket
+
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            local = sock.getsockname()
+    except OSError:
+        return False
+    if not isinstance(local, tuple):
+        return False  # a Unix socket: no proxy
+    row = conn.execute("SELECT inet_client_port()").fetchone()
+    return bool(row and row[0] is not None and int(row[0]) != int(local[1]))
+
+
+@contextmanager
+def _session(config: Config, report: Report, *, locked: bool) -> Iterator[Session]:
+    """Wait for the database; with ``locked``, hold the migration lock for the block.
+
+    Reading the history and recording baselines happen on this connection; migrations run on a
+    connection of their own (a migration's session reset must not touch the lock).
     """
     with report.step("wait"):
         first, waited = wait_for_database(config, "lock" if locked else "read")
     with closing(first):
         log.info(Event.DB_CONNECTED, wait_seconds=round(waited, 3), **server_facts(first))
+        session = Session(first)
         if not locked:
-            yield first
+            yield session
             return
         with report.step("lock"):
-            waited = acquire_advisory_lock(
-                first, config.lock_key, config.lock_timeout_seconds, config.lock_poll_max_seconds
-            )
-        report.lock_wait_seconds = round(waited, 4)
+            session.lock = _choose_lock(config, session)
+            report.lock_wait_seconds = round(session.lock.acquire(), 4)
         try:
-            yield first
+            yield session
         finally:
-            release_advisory_lock(first, config.lock_key)
+            session.lock.release()
 
 
 def _read_history(config: Config, conn: psycopg.Connection[Any], found: Discovery, *, create: bool = False) -> History:
@@ -148,7 +204,8 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
     from pgsluice.backup import BackupPurpose
 
     found = _discover(config, report)
-    with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as conn:
+    with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as session:
+        conn = session.conn
         plan, _ = _plan(config, report, conn, found, check_sql=True, create=True)
         log.info(
             Event.PLAN_READY,
@@ -170,7 +227,7 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
         units = [Unit(m, Direction.UP, down=found.down_file(m)) for m in plan.pending]
         units += [Unit(m, Direction.REPEATABLE) for m in plan.outdated]
         purpose = BackupPurpose(plan.current_version, plan.target_version, tuple(u.migration.filename for u in units))
-        _apply(config, report, units, purpose, pg_dump)
+        _apply(config, report, session, units=units, purpose=purpose, pg_dump=pg_dump)
 
         # Trust, then verify: the history must now agree with the files.
         after = _compare(config, found, _read_history(config, conn, found), check_sql=False)
@@ -188,16 +245,25 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
 
 
 def _apply(
-    config: Config, report: Report, units: list[Any], purpose: BackupPurpose, pg_dump: ClientTool | None
+    config: Config,
+    report: Report,
+    session: Session,
+    *,
+    units: list[Any],
+    purpose: BackupPurpose,
+    pg_dump: ClientTool | None,
 ) -> None:
-    """On a connection of its own: the backup, then the units."""
+    """On a connection of its own: the backup, then the units; a lost lease cancels the running statement."""
     from pgsluice.apply import apply_plan
 
+    lock = session.lock
+    assert lock is not None  # noqa: S101 - applied only under the lock
     with closing(connect(config, "apply")) as work:
-        work.prepare_threshold = None  # the session reset deallocates prepared statements
+        lock.on_lost(work.cancel)
         backup_step(config, report, work, purpose, pg_dump)
+        lock.check()
         with report.step("apply"):
-            apply_plan(work, units, config, report)
+            apply_plan(work, units, config, report, guard=lock.check, pooled=session.pooled)
 
 
 def run_down(config: Config, report: Report) -> ExitCode:
@@ -207,7 +273,8 @@ def run_down(config: Config, report: Report) -> ExitCode:
 
     args = config.args
     found = _discover(config, report)
-    with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as conn:
+    with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as session:
+        conn = session.conn
         plan, read = _plan(config, report, conn, found, check_sql=False)
         down: DownPlan = make_down_plan(
             found, read.rows, to=args.down_to, steps=args.down_steps, variables=config.variables
@@ -231,7 +298,8 @@ def run_down(config: Config, report: Report) -> ExitCode:
         purpose = BackupPurpose(
             plan.current_version, max(remaining, default=0), tuple(s.migration.filename for s in down.steps)
         )
-        _apply(config, report, [Unit(s.migration, Direction.DOWN) for s in down.steps], purpose, pg_dump)
+        units = [Unit(s.migration, Direction.DOWN) for s in down.steps]
+        _apply(config, report, session, units=units, purpose=purpose, pg_dump=pg_dump)
         left = {r.version for r in _read_history(config, conn, found).rows} & set(reverting)
         if left:
             raise InconsistentError(
@@ -271,9 +339,11 @@ def backup_step(
 def run_status(config: Config, report: Report) -> ExitCode:
     """Every migration with its state; with --exit-code, 9 when anything is pending."""
     found = _discover(config, report)
-    with _session(config, report, locked=False) as conn:
+    with _session(config, report, locked=False) as session:
+        conn = session.conn
         plan, _ = _plan(config, report, conn, found, check_sql=False)
-    views.print_status(plan, as_json=config.args.json_output)
+        lease = read_lease(conn, config.history_table, config.lock_key)
+    views.print_status(plan, as_json=config.args.json_output, lease=lease)
     if config.args.state_as_exit_code:
         if plan.problems:
             raise _inconsistent(plan.problems, "the history does not match the files")
@@ -287,7 +357,8 @@ def run_status(config: Config, report: Report) -> ExitCode:
 def run_plan(config: Config, report: Report) -> ExitCode:
     """What migrate would run, in order, with every check; changes nothing."""
     found = _discover(config, report)
-    with _session(config, report, locked=False) as conn:
+    with _session(config, report, locked=False) as session:
+        conn = session.conn
         plan, _ = _plan(config, report, conn, found, check_sql=True)
     views.print_plan(plan, as_json=config.args.json_output)
     if plan.problems:
@@ -304,7 +375,8 @@ def run_baseline(config: Config, report: Report) -> ExitCode:
     chosen = [m for m in found.migrations if m.version <= version]
     if not chosen:
         raise ConfigError(f"baseline {version}: no migration file has a version up to {version}")
-    with _session(config, report, locked=True) as conn:
+    with _session(config, report, locked=True) as session:
+        conn = session.conn
         history.ensure_table(conn, config.history_table)
         history.upgrade_table(conn, config.history_table, (m.version for m in chosen))
         known = {row.version for row in _read_history(config, conn, found).rows}
@@ -323,7 +395,8 @@ def run_resolve(config: Config, report: Report) -> ExitCode:
     """Settle a half-applied no-transaction migration: mark it applied, or forget it."""
     version = config.args.version
     assert version is not None  # noqa: S101 - argparse requires it
-    with _session(config, report, locked=True) as conn:
+    with _session(config, report, locked=True) as session:
+        conn = session.conn
         read = history.read_history(conn, config.history_table)
         rows = {row.version: row for row in (read.rows if read else [])}
         row = rows.get(version)
@@ -388,7 +461,8 @@ def run_backup(config: Config, report: Report) -> ExitCode:
     found = _discover(config, report)
     from pgsluice.backup import BackupPurpose
 
-    with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as conn:
+    with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as session:
+        conn = session.conn
         plan, _ = _plan(config, report, conn, found, check_sql=False)
         backup_step(config, report, conn, BackupPurpose(plan.current_version, plan.current_version, ()), pg_dump)
     return ExitCode.OK

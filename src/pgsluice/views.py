@@ -93,10 +93,18 @@ def print_line(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-def print_status(plan: Plan, *, as_json: bool) -> None:
-    """Every migration with its state."""
+def _lease_line(lease: dict[str, Any]) -> str:
+    if not lease:
+        return ""
+    state = "expired" if lease.get("expired") else f"held by {lease.get('holder')} (process {lease.get('holder_pid')})"
+    return f"lease: {state} since {lease.get('holder_since')}, until {lease.get('expires_at')}\n"
+
+
+def print_status(plan: Plan, *, as_json: bool, lease: dict[str, Any] | None = None) -> None:
+    """Every migration with its state (and the lease lock, when there is one)."""
     if as_json:
         doc = {
+            "lease": lease or None,
             "current_version": plan.current_version,
             "pending": [m.version for m in plan.pending],
             "future": list(plan.future),
@@ -144,6 +152,7 @@ def print_status(plan: Plan, *, as_json: bool) -> None:
     )
     for problem in plan.problems:
         out += f"  ! {problem}\n"
+    out += _lease_line(lease or {})
     sys.stdout.write(out)
 
 
