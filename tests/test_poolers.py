@@ -182,9 +182,8 @@ def tls_files() -> Iterator[TlsFiles]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_verify_full_tls_works_and_a_wrong_ca_or_name_is_exit_4(
-    cluster: PostgresServer, tls_files: TlsFiles, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("cluster")  # skips without the session's own cluster
+def test_verify_full_tls_works_and_a_wrong_ca_or_name_is_exit_4(tls_files: TlsFiles, tmp_path: Path) -> None:
     """sslmode=verify-full with the test CA (in the URL, or PGSSLROOTCERT from a mounted file) connects; an
     unrelated CA or a certificate for another name fails at once with exit 4 naming the certificate problem."""
     write_migrations(tmp_path / "m", {"001_a.sql": "CREATE TABLE a (x int);\n"})
