@@ -109,12 +109,17 @@ def _ms(seconds: float) -> int:
 
 
 def _timeouts(config: Config, local: bool) -> str:
-    """One statement setting both timeouts (for the transaction, or for the session)."""
+    """One statement setting both timeouts (for the transaction, or for the session), and for a fleet's schema
+    target its search_path."""
     scope = "true" if local else "false"
-    return (
+    query = (
         f"SELECT set_config('lock_timeout', '{_ms(config.ddl_lock_timeout_seconds)}', {scope}),"
         f" set_config('statement_timeout', '{_ms(config.statement_timeout_seconds)}', {scope})"
     )
+    if config.search_schema:
+        quoted = '"' + config.search_schema.replace('"', '""') + '"'  # a checked plain name (fleet.parse_targets)
+        query += f", set_config('search_path', '{quoted}', {scope})"
+    return query
 
 
 def _connection_lost(conn: psycopg.Connection[Any], exc: BaseException) -> bool:

@@ -131,10 +131,11 @@ def take_backup(
     dump_major, server_version = pg_dump.check_can_dump(conn)
     dump_version = pg_dump.version()
     database = conn.info.dbname
+    label = f"{database}/{config.search_schema}" if config.search_schema else database  # a fleet's schema target
     started_at = datetime.now(UTC)
     from_version = purpose.from_version or 0
     to_version = purpose.to_version if purpose.to_version is not None else from_version
-    backup_id = f"{database}/{stamp_of(started_at)}_{from_version}-to-{to_version}"
+    backup_id = f"{label}/{stamp_of(started_at)}_{from_version}-to-{to_version}"
     method, compress = _compression(config, dump_major)
 
     sha = hashlib.sha256()
@@ -144,6 +145,8 @@ def take_backup(
     connection = contextlib.ExitStack()
     conninfo, env = connection.enter_context(child_connection(config.database_url, config.password, "backup"))
     command = [pg_dump.program, "--format=custom", f"--compress={compress}", "--no-password", "--dbname", conninfo]
+    if config.search_schema:
+        command.append(f"--schema={config.search_schema}")
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except BaseException:
@@ -247,9 +250,7 @@ def take_backup(
         verified=verified,
         seconds=round((finished_at - started_at).total_seconds(), 3),
     )
-    apply_retention(
-        store, database, keep=config.backup_keep, max_age_seconds=config.backup_max_age_seconds, keep_key=key
-    )
+    apply_retention(store, label, keep=config.backup_keep, max_age_seconds=config.backup_max_age_seconds, keep_key=key)
     return BackupSummary(backup_id, where, size, digest, verified)
 
 

@@ -454,6 +454,66 @@ class Settings:
     )
     pg_dump: str = option("pg_dump", "pg_dump program", commands=DUMPING_COMMANDS)
     pg_restore: str = option("pg_restore", "pg_restore program", commands=STORE_COMMANDS)
+    targets_file: Path | None = option(
+        None,
+        "fleet: a file of targets, one per line: a database name, or database:schema (no credentials: each "
+        "target is the database URL with its database, and schema, replaced)",
+        flag="--targets",
+        env="PGSLUICE_TARGETS_FILE",
+        parse=Path,
+        commands=("migrate", "status"),
+    )
+    targets_query: str | None = option(
+        None,
+        "fleet: a query run on the database that returns the targets (a column of 'db' or 'db:schema', or two "
+        "columns: database, schema)",
+        commands=("migrate", "status"),
+    )
+    shard_index: int = option(
+        0,
+        "fleet: this pod's shard; it takes the targets whose position modulo --shard-count is this",
+        parse=parse_count,
+        standard_env=("JOB_COMPLETION_INDEX",),
+        commands=("migrate", "status"),
+    )
+    shard_count: int = option(
+        1,
+        "fleet: how many shards the targets are spread over (an Indexed Job's completions)",
+        parse=parse_count,
+        check=positive,
+        unit="count",
+        commands=("migrate", "status"),
+    )
+    parallel: int = option(
+        1,
+        "fleet: targets migrated at once by this pod (one connection each, each under its own lock)",
+        parse=parse_count,
+        check=positive,
+        unit="count",
+        commands=("migrate", "status"),
+    )
+    fail_fast: bool = option(
+        False,
+        "fleet: stop this pod's remaining targets at the first failure (default: go on, and report)",
+        parse=parse_bool,
+        commands=("migrate",),
+    )
+    canary: int = option(
+        0,
+        "fleet: migrate the first N targets of the whole list first (shard 0 alone); the other shards wait until "
+        "they are current, and stop (exit 11) if one failed",
+        parse=parse_count,
+        unit="count",
+        commands=("migrate",),
+    )
+    canary_timeout_seconds: float = option(
+        1800.0,
+        "fleet: how long the other shards wait for the canaries",
+        parse=parse_duration,
+        check=positive,
+        unit="seconds",
+        commands=("migrate",),
+    )
     restore_database_url: str | None = option(
         None,
         "restore: the database to restore into (a libpq URL or conninfo)",
@@ -498,6 +558,10 @@ class Config(Settings):
     lock_poll_max_seconds: float = 0.25
     warnings: tuple[str, ...] = ()
     """Things worth telling the operator once logging is configured (a password given as a flag)."""
+    target: str | None = None
+    """Fleet: the target this configuration is for (``db`` or ``db:schema``)."""
+    search_schema: str | None = None
+    """Fleet: a schema target's schema: every migration runs with its search_path set to it."""
     redactor: Redactor = field(default_factory=Redactor, compare=False, repr=False)
 
     @property

@@ -53,6 +53,9 @@ class Event(StrEnum):
     MIGRATION_FAILED = "migration.failed"
     MIGRATION_CONNECTION_LOST = "migration.connection_lost"
     RUN_UP_TO_DATE = "run.up_to_date"
+    FLEET_CANARY_WAITING = "fleet.canary_waiting"
+    TARGET_FINISHED = "target.finished"
+    FLEET_FINISHED = "fleet.finished"
     BASELINE_RECORDED = "baseline.recorded"
     RESOLVE_RECORDED = "resolve.recorded"
     RESTORE_SETTINGS_DROPPED = "restore.settings_dropped"
@@ -112,6 +115,10 @@ ABOUT: dict[Event, str] = {
     Event.MIGRATION_FAILED: "a migration failed: `file`, `line`, `column`, `sqlstate`",
     Event.MIGRATION_CONNECTION_LOST: "the connection dropped during a migration",
     Event.RUN_UP_TO_DATE: "nothing to apply",
+    Event.FLEET_CANARY_WAITING: "fleet: this shard waits for the canary targets to be current",
+    Event.TARGET_FINISHED: "fleet: one target done: `target`, `outcome`, `exit_code`, `applied`, `durations`, "
+    "and on failure `reason`",
+    Event.FLEET_FINISHED: "fleet: this pod's targets done: `targets`, counts per `outcomes`, `failed` targets",
     Event.BASELINE_RECORDED: "baseline recorded versions as applied",
     Event.RESOLVE_RECORDED: "a half-applied migration was settled",
     Event.RESTORE_SETTINGS_DROPPED: "a newer pg_restore's session settings the server lacks were dropped",

@@ -391,6 +391,38 @@ def delete_started(conn: psycopg.Connection[Any], table: TableName, version: int
     return cur.rowcount
 
 
+def _canary_table(table: TableName) -> sql.Composable:
+    return sql.Identifier(table.schema, f"{table.name}_canary")
+
+
+def record_canary(conn: psycopg.Connection[Any], table: TableName, fingerprint: str, failure: str | None) -> None:
+    """A fleet's canary target is done for this folder (``fingerprint``): how it went, for the waiting shards."""
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (fingerprint text PRIMARY KEY, failure text,"
+            " finished_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        ).format(_canary_table(table))
+    )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (fingerprint, failure) VALUES (%s, %s) ON CONFLICT (fingerprint) DO UPDATE"
+            " SET failure = excluded.failure, finished_at = excluded.finished_at"
+        ).format(_canary_table(table)),
+        (fingerprint, failure),
+    )
+
+
+def read_canary(conn: psycopg.Connection[Any], table: TableName, fingerprint: str) -> str | None:
+    """Why the canary target failed for this folder, or None (it did not fail, or did not finish yet)."""
+    try:
+        row = conn.execute(
+            sql.SQL("SELECT failure FROM {} WHERE fingerprint = %s").format(_canary_table(table)), (fingerprint,)
+        ).fetchone()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+        return None
+    return str(row[0]) if row and row[0] else None
+
+
 def insert_baseline(
     conn: psycopg.Connection[Any], table: TableName, rows: list[tuple[int, str, str, str]], hostname: str
 ) -> None:

@@ -164,6 +164,12 @@ class Discovery:
     files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     """Every file read (down files and includes too), by path relative to the folder."""
 
+    def fingerprint(self) -> str:
+        """What the folder is, in one hash: every migration's version and bytes (a fleet's rollout id)."""
+        parts = [f"{m.version}:{m.file_sha256}" for m in self.migrations]
+        parts += [f"R:{m.name}:{m.file_sha256}" for m in self.repeatables]
+        return _sha256("\n".join(parts).encode())
+
     def down_file(self, migration: Migration) -> Migration | None:
         """``migration``'s ``.down.sql`` from the folder, as a Migration; None when there is none (or it is
         invalid: ``down_problems`` says why)."""

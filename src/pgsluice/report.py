@@ -52,6 +52,8 @@ class Report:
     in_flight: str | None = None
     """The migration file being applied: on failure, ``run.finished`` names it as ``failed_migration``."""
     details: dict[str, Any] = field(default_factory=dict)
+    connections: list[Any] = field(default_factory=list, repr=False)
+    """The run's open connections, so that a fleet can cancel their statements on SIGTERM."""
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:

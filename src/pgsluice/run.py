@@ -17,7 +17,14 @@ import structlog
 from pgsluice import history, views
 from pgsluice.config import Config
 from pgsluice.db import connect, detect_transaction_pooling, server_facts
-from pgsluice.errors import ConfigError, ExitCode, InconsistentError, Location, PoolingDetectedError
+from pgsluice.errors import (
+    ConfigError,
+    ExitCode,
+    InconsistentError,
+    Location,
+    PgsluiceError,
+    PoolingDetectedError,
+)
 from pgsluice.events import Event
 from pgsluice.history import History
 from pgsluice.lock import AdvisoryLock, LeaseLock, Lock, read_lease
@@ -55,10 +62,19 @@ def _log_problems(event: Event, problems: Sequence[Problem], *, warning: bool = 
             log.error(event, problem=problem.message, **fields)
 
 
+_FLEET_DISCOVERY: dict[tuple[Any, ...], Discovery] = {}
+"""A fleet reads and analyses its folder once for all its targets (they share one set of files)."""
+
+
 def _discover(config: Config, report: Report) -> Discovery:
+    key = (config.migrations_dir, config.variables, config.max_file_size_bytes, config.max_statements)
     with report.step("discover"):
-        folder = read_folder(config.migrations_dir, max_file_bytes=config.max_file_size_bytes)
-        found = discover(folder, dict(config.variables), max_statements=config.max_statements)
+        found = _FLEET_DISCOVERY.get(key) if config.target is not None else None
+        if found is None:
+            folder = read_folder(config.migrations_dir, max_file_bytes=config.max_file_size_bytes)
+            found = discover(folder, dict(config.variables), max_statements=config.max_statements)
+            if config.target is not None:
+                _FLEET_DISCOVERY[key] = found
     _log_problems(Event.FILES_WARNING, found.warnings, warning=True)
     if found.problems:
         _log_problems(Event.FILES_INVALID, found.problems)
@@ -131,6 +147,7 @@ def _session(config: Config, report: Report, *, locked: bool) -> Iterator[Sessio
     with report.step("wait"):
         first, waited = wait_for_database(config, "lock" if locked else "read")
     with closing(first):
+        report.connections.append(first)
         log.info(Event.DB_CONNECTED, wait_seconds=round(waited, 3), **server_facts(first))
         session = Session(first)
         if not locked:
@@ -259,6 +276,7 @@ def _apply(
     lock = session.lock
     assert lock is not None  # noqa: S101 - applied only under the lock
     with closing(connect(config, "apply")) as work:
+        report.connections.append(work)
         lock.on_lost(work.cancel)
         backup_step(config, report, work, purpose, pg_dump)
         lock.check()
@@ -513,5 +531,96 @@ RUNNERS: dict[str, Callable[[Config, Report], ExitCode]] = {
 
 
 def dispatch(config: Config, report: Report) -> ExitCode:
-    """Run ``config.command``."""
+    """Run ``config.command`` (over a fleet's targets with --targets or --targets-query)."""
+    if config.targets_file is not None or config.targets_query is not None:
+        return run_fleet(config, report)
     return RUNNERS[config.command](config, report)
+
+
+def _base_rows(config: Config, query: str) -> list[tuple[Any, ...]]:
+    """``--targets-query`` on the base database."""
+    with closing(wait_for_database(config, "targets")[0]) as conn:
+        return conn.execute(query).fetchall()
+
+
+def _canary_state(config: Config, found: Discovery, fingerprint: str) -> Callable[[Any], str | None]:
+    """For the waiting shards: None when a canary target is current, else why not ('failed: …' when it failed)."""
+    from pgsluice import fleet
+
+    def state(target: fleet.Target) -> str | None:
+        own = fleet.target_config(config, target)
+        with closing(wait_for_database(own, "canary")[0]) as conn:
+            failed = history.read_canary(conn, own.history_table, fingerprint)
+            if failed:
+                return f"failed: {failed}"
+            read = _read_history(own, conn, found)
+            plan = _compare(own, found, read, check_sql=False)
+            return None if not plan.pending and not plan.problems and not plan.outdated else "pending"
+
+    return state
+
+
+def _record_canaries(config: Config, outcomes: Sequence[Any], fingerprint: str) -> None:
+    from pgsluice import fleet
+
+    for outcome in outcomes:
+        own = fleet.target_config(config, outcome.target)
+        reason = None if outcome.code == ExitCode.OK else f"exit {int(outcome.code)}: {outcome.reason}"
+        with closing(wait_for_database(own, "canary")[0]) as conn:
+            history.record_canary(conn, own.history_table, fingerprint, reason)
+
+
+def run_fleet(config: Config, report: Report) -> ExitCode:
+    """This pod's share of a fleet's targets, each run as a single run; target.finished each, fleet.finished last."""
+    from pgsluice import fleet
+
+    targets = fleet.read_targets(config, lambda query: _base_rows(config, query))
+    canaries, mine = fleet.shard_of(targets, config.shard_index, config.shard_count, config.canary)
+    if config.command == "status":
+        return _fleet_status(config, report, [*canaries, *mine])
+    found = _discover(config, report)
+    fingerprint = found.fingerprint()
+    runs = fleet.Fleet(config, RUNNERS[config.command])
+    outcomes = runs.run_all(canaries)
+    if canaries:
+        _record_canaries(config, outcomes, fingerprint)
+    if any(o.code != ExitCode.OK for o in outcomes):
+        mine = []  # a failed canary stops its own shard too
+    elif config.canary and config.shard_index != 0:
+        fleet.wait_for_canaries(config, targets[: config.canary], _canary_state(config, found, fingerprint))
+    outcomes += runs.run_all(mine)
+    code = fleet.summarize(outcomes, len(canaries) + len(mine))
+    failed = [str(o.target) for o in outcomes if o.code != ExitCode.OK]
+    if failed:
+        report.reason = f"{len(failed)} of {len(outcomes)} target(s) failed: {', '.join(failed[:20])}"
+    report.details["targets"] = len(canaries) + len(mine)
+    return code
+
+
+def _fleet_status(config: Config, report: Report, targets: Sequence[Any]) -> ExitCode:
+    """One line per target: current version, pending, problems; --exit-code over the fleet."""
+    from pgsluice import fleet
+
+    found = _discover(config, report)
+    rows: list[dict[str, Any]] = []
+    for target in targets:
+        own = fleet.target_config(config, target)
+        try:
+            with _session(own, Report(command="status"), locked=False) as session:
+                plan, _ = _plan(own, Report(command="status"), session.conn, found, check_sql=False)
+            rows.append(views.target_status(str(target), plan))
+        except PgsluiceError as exc:
+            rows.append({"target": str(target), "error": own.redactor(str(exc)), "exit_code": int(exc.exit_code)})
+    views.print_fleet_status(rows, as_json=config.args.json_output)
+    if not config.args.state_as_exit_code:
+        return ExitCode.OK
+    codes = [ExitCode.INCONSISTENT if r.get("problems") else r.get("exit_code", 0) for r in rows]
+    pending = [r["target"] for r in rows if r.get("pending")]
+    worst = fleet.pod_exit_code(codes)
+    if worst != ExitCode.OK:
+        report.reason = f"targets with problems: {[r['target'] for r in rows if r.get('problems') or r.get('error')]}"
+        return worst
+    if pending:
+        report.reason = f"{len(pending)} target(s) with pending migrations: {pending[:20]}"
+        return ExitCode.PENDING
+    return ExitCode.OK

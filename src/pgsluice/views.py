@@ -218,3 +218,35 @@ def print_backups(backups: list[BackupInfo], *, as_json: bool) -> None:
         versions = f"{b.from_version or 0} -> {b.to_version or 0}"  # as in the id: 0 is "no migration yet"
         rows.append([b.id, b.finished_at[:19].replace("T", " "), _size(b.size), versions])
     sys.stdout.write((_table(rows) if backups else "no complete backups") + "\n")
+
+
+def target_status(target: str, plan: Plan) -> dict[str, Any]:
+    """One fleet target's line of ``status --targets``."""
+    return {
+        "target": target,
+        "current_version": plan.current_version,
+        "pending": [m.version for m in plan.pending],
+        "problems": [_problem_dict(p) for p in plan.problems],
+    }
+
+
+def print_fleet_status(rows: list[dict[str, Any]], *, as_json: bool) -> None:
+    """``status --targets``: one line per target."""
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = [["TARGET", "CURRENT", "PENDING", "PROBLEMS"]]
+    for row in rows:
+        if "error" in row:
+            table.append([row["target"], "", "", f"error: {row['error']}"])
+            continue
+        problems = row["problems"]
+        table.append(
+            [
+                row["target"],
+                _version(row["current_version"]),
+                str(len(row["pending"])),
+                problems[0]["message"] if problems else "",
+            ]
+        )
+    sys.stdout.write(_table(table) + "\n")
