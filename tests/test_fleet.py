@@ -146,7 +146,10 @@ def test_a_failed_canary_stops_the_other_shards_before_they_apply_anything(
     assert [r.returncode for r in results] == [7, 11, 11], [r.stderr[-800:] for r in results]
     assert f"canary target {db.name}:tenant_01 failed" in results[1].finished["reason"]
     assert results[1].all("target.finished") == []
-    untouched = "SELECT count(*) FROM pg_tables WHERE schemaname LIKE 'tenant_%' AND schemaname NOT IN ('tenant_00', 'tenant_01')"
+    untouched = (
+        "SELECT count(*) FROM pg_tables"
+        " WHERE schemaname LIKE 'tenant_%' AND schemaname NOT IN ('tenant_00', 'tenant_01')"
+    )
     assert db.scalar(untouched) == 0
 
 
