@@ -232,3 +232,19 @@ def test_the_pooled_connection_gets_no_session_state(db: Database, mdir: Path, t
     with psycopg.connect(url, prepare_threshold=None, autocommit=True) as conn:
         for _ in range(6):  # every server connection of the pool, as clients get them
             assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
+
+
+def test_a_standby_is_not_ready_and_is_retried_to_the_deadline(cluster: PostgresServer, tmp_path: Path) -> None:
+    """A real streaming replica (pg_basebackup) is in recovery: migrate retries it with wait.in_recovery events
+    until --wait-timeout, then exits 3; status still reads it."""
+    from tests.support.standby import Standby
+
+    write_migrations(tmp_path / "m", {"001_a.sql": "CREATE TABLE a (x int);\n"})
+    with Standby(cluster) as standby:
+        result = run_cli("migrate", "--wait-timeout", "2s", url=standby.url(), migrations=tmp_path / "m")
+        assert result.returncode == 3, result.stderr
+        assert len(result.all("wait.in_recovery")) >= 2
+        assert result.finished["reason"].startswith("database not ready after")
+        assert "target_session_attrs=read-write" in result.finished["reason"]
+        status = run_cli("status", url=standby.url(), migrations=tmp_path / "m")
+        assert status.returncode == 0, status.stderr

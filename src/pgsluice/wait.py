@@ -19,6 +19,30 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pgsluice.wait")
 
 FIRST_RETRY_SECONDS = 0.1
+WRITING_PURPOSES = ("lock",)
+"""Connections for commands that write: a server in recovery is not ready for them."""
+
+
+class InRecoveryError(psycopg.OperationalError):
+    """The server is a standby, or a primary still in recovery: not ready for migrations, retried like an
+    unreachable one."""
+
+
+def _ready(config: Config, purpose: str) -> psycopg.Connection[Any]:
+    conn = connect(config, purpose)
+    if purpose not in WRITING_PURPOSES:
+        return conn
+    try:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    if row and row[0]:
+        conn.close()
+        raise InRecoveryError(
+            "the server is in recovery (a standby, or a primary during a failover): it takes no writes yet"
+        )
+    return conn
 
 
 def wait_for_database(config: Config, purpose: str = "lock") -> tuple[psycopg.Connection[Any], float]:
@@ -31,7 +55,7 @@ def wait_for_database(config: Config, purpose: str = "lock") -> tuple[psycopg.Co
     """
     started = time.monotonic()
     try:
-        return connect(config, purpose), time.monotonic() - started
+        return _ready(config, purpose), time.monotonic() - started
     except psycopg.OperationalError as exc:
         first = exc  # the permanent ones are not OperationalError: connect() sorted them out
 
@@ -39,7 +63,7 @@ def wait_for_database(config: Config, purpose: str = "lock") -> tuple[psycopg.Co
 
     def scheduled(retry_num: int, wait_seconds: float, cause: BaseException | None) -> None:
         log.warning(
-            Event.WAIT_RETRY_SCHEDULED,
+            Event.WAIT_IN_RECOVERY if isinstance(cause, InRecoveryError) else Event.WAIT_RETRY_SCHEDULED,
             retry_num=retry_num,
             wait_seconds=round(wait_seconds, 3),
             elapsed_seconds=round(time.monotonic() - started, 3),
@@ -59,10 +83,17 @@ def wait_for_database(config: Config, purpose: str = "lock") -> tuple[psycopg.Co
         reraise=True,
     )
     try:
-        conn = retrying(connect, config, purpose)
+        conn = retrying(_ready, config, purpose)
     except psycopg.OperationalError as exc:
+        hint = (
+            "point pgsluice at the primary (a read-write URL; libpq's target_session_attrs=read-write picks it from "
+            "a list of hosts), or raise --wait-timeout to outlast a failover"
+            if isinstance(exc, InRecoveryError)
+            else "check the host, port and network policy, or raise --wait-timeout"
+        )
+        what = "not ready" if isinstance(exc, InRecoveryError) else "unreachable"
         raise DatabaseUnreachableError(
-            f"database unreachable after {time.monotonic() - started:.1f}s: {describe_connect_error(exc, config)}",
-            hint="check the host, port and network policy, or raise --wait-timeout",
+            f"database {what} after {time.monotonic() - started:.1f}s: {describe_connect_error(exc, config)}",
+            hint=hint,
         ) from exc
     return conn, time.monotonic() - started
