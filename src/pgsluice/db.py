@@ -130,7 +130,11 @@ def detect_transaction_pooling(conn: psycopg.Connection[Any], config: Config, ro
     or this connection now has another one. A direct connection or a session pooler shows neither
     (no false alarm). Other clients of the pool can hide both in one round, so a few rounds are
     tried. No transaction is held open meanwhile: holding a pooled backend while asking for
-    another would deadlock a busy pool. Costs one connection and a few milliseconds."""
+    another would deadlock a busy pool. Costs one connection and a few milliseconds, which a direct
+    connection is spared: there the server's backend pid equals the one libpq got at connect time in
+    BackendKeyData, while a pooler (PgBouncer, Odyssey, pgcat, Supavisor) hands out cancel keys of its own."""
+    if conn.info.backend_pid == _backend(conn):
+        return None
     with connect(config, "probe") as other:
         for _ in range(rounds):
             first = _backend(conn)

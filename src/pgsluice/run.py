@@ -217,9 +217,6 @@ def _compare(config: Config, found: Discovery, read: History, *, check_sql: bool
 
 def run_migrate(config: Config, report: Report) -> ExitCode:
     """The gate: exit 0 only when every migration is applied and the history says so."""
-    from pgsluice.apply import Direction, Unit
-    from pgsluice.backup import BackupPurpose
-
     found = _discover(config, report)
     with _pg_dump_ahead(config) as pg_dump, _session(config, report, locked=True) as session:
         conn = session.conn
@@ -238,6 +235,10 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
         if not plan.pending and not plan.outdated:
             log.info(Event.RUN_UP_TO_DATE, current_version=plan.current_version)
             return ExitCode.OK
+        # Imported only with work to do: the backup brings the object-storage client, a no-op run stays light.
+        from pgsluice.apply import Direction, Unit
+        from pgsluice.backup import BackupPurpose
+
         history.upgrade_table(conn, config.history_table, (m.version for m in plan.pending))
         if plan.outdated:
             history.ensure_table(conn, config.history_table, repeatables=True)

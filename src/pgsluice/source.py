@@ -50,10 +50,11 @@ def _size(n: int) -> str:
     return f"{n / 1024**2:.1f} MiB" if n >= 1024**2 else f"{n} bytes"
 
 
-def _read(path: Path, relative: str, root: Path, max_bytes: int) -> bytes | Problem:
-    """The file's bytes, or the Problem that says why it is not read."""
+def _read(path: Path, relative: str, root: Path, max_bytes: int, *, may_escape: bool = True) -> bytes | Problem:
+    """The file's bytes, or the Problem that says why it is not read; ``may_escape=False`` for a plain
+    (not symlinked) entry of the folder itself, which needs no resolving."""
     try:
-        target = path.resolve()
+        target = path.resolve() if may_escape else root
         if not target.is_relative_to(root):
             return Problem(
                 f"{relative}: a symbolic link to {target}, outside the migrations folder",
@@ -98,10 +99,15 @@ def read_folder(folder: Path, *, max_file_bytes: int = 256 * 1024**2) -> FolderC
     root = folder.resolve()
     files: dict[str, bytes] = {}
     problems: list[Problem] = []
-    names = sorted(entry.name for entry in os.scandir(folder) if entry.name.endswith(".sql"))
+    linked: dict[str, bool] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".sql"):
+                linked[entry.name] = entry.is_symlink()
+    names = sorted(linked)
     queue: list[str] = []
     for name in names:
-        content = _read(folder / name, name, root, max_file_bytes)
+        content = _read(folder / name, name, root, max_file_bytes, may_escape=linked[name])
         if isinstance(content, Problem):
             problems.append(content)
             continue
