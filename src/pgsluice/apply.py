@@ -31,7 +31,7 @@ import structlog
 from psycopg import errors as pgerrors
 from psycopg.pq import TransactionStatus
 
-from pgsluice import history
+from pgsluice import history, progress
 from pgsluice.config import Config
 from pgsluice.errors import (
     DatabaseUnreachableError,
@@ -391,6 +391,7 @@ class _Applier:
         *,
         guard: Callable[[], None],
         pooled: bool,
+        observer: psycopg.Connection[Any] | None,
     ) -> None:
         self.conn = conn
         self.config = config
@@ -398,6 +399,28 @@ class _Applier:
         self.on_applied = on_applied
         self.guard = guard
         self.pooled = pooled
+        self.observer = observer
+        self.console = progress.progress_console(config.log_format)
+        self.backend_pid: int | None = None
+        if observer is not None and not pooled:
+            # The server's own pid: through a session pooler, libpq's BackendKeyData names the pooler's.
+            with contextlib.suppress(psycopg.Error):  # a lost connection fails the first migration, with its name
+                row = conn.execute("SELECT pg_backend_pid()").fetchone()
+                self.backend_pid = int(row[0]) if row else None
+
+    def watch(self, batch: list[Unit]) -> contextlib.AbstractContextManager[object]:
+        """migration.progress while ``batch`` runs long (see progress.watch_statements); nothing without an
+        observer connection. Through a transaction pooler the server backend is unknown: file and time only."""
+        if self.observer is None:
+            return contextlib.nullcontext()
+        return progress.watch_statements(
+            self.observer,
+            self.backend_pid,
+            after_seconds=self.config.progress_after_seconds,
+            interval_seconds=self.config.progress_interval_seconds,
+            locate=_locator(batch),
+            console=self.console,
+        )
 
     def applied(self, unit: Unit, duration: float, attempts: int) -> None:
         migration = unit.migration
@@ -461,7 +484,7 @@ class _Applier:
         sent: list[_SentMigration] = []
         failure: BaseException | None = None
         try:
-            with self.conn.pipeline() if _pipelined(batch[0]) else contextlib.nullcontext():
+            with self.watch(batch), self.conn.pipeline() if _pipelined(batch[0]) else contextlib.nullcontext():
                 for unit in batch:
                     sent.append(_SentMigration(unit))  # listed before it is sent: an earlier error surfaces
                     _send(self.conn, sent[-1], self.config, reset=not self.pooled)
@@ -495,6 +518,17 @@ class _Applier:
             # Through a transaction pooler a session SET would land on some pooled server connection and stay
             # there for other clients: the statements run with the role's or database's own timeouts.
             conn.execute(_timeouts(config, local=False))
+        with self.watch([unit]):
+            self.blocks(unit, attempt)
+        _history_write(migration, config, "after it ran", lambda: _after_without_transaction(conn, unit, config))
+        if not self.pooled:
+            for query in SESSION_RESET:
+                conn.execute(query)
+        self.applied(unit, 0.0, attempt.number)
+
+    def blocks(self, unit: Unit, attempt: _Attempt) -> None:
+        """A migration without a transaction, block by block; raise MigrationFailedError on a failure."""
+        conn, migration = self.conn, unit.migration
         for block in migration.analysis.blocks:
             command: Command | None = None
             try:
@@ -522,11 +556,6 @@ class _Applier:
                     left_started=unit.direction != Direction.REPEATABLE,
                     invalid_indexes=invalid,
                 ) from exc
-        _history_write(migration, config, "after it ran", lambda: _after_without_transaction(conn, unit, config))
-        if not self.pooled:
-            for query in SESSION_RESET:
-                conn.execute(query)
-        self.applied(unit, 0.0, attempt.number)
 
 
 def _before_without_transaction(conn: psycopg.Connection[Any], unit: Unit, config: Config) -> None:
@@ -583,6 +612,26 @@ def _invalid_indexes(conn: psycopg.Connection[Any], command: Command | None) -> 
     return tuple(str(r[0]) for r in rows if str(r[0]).rsplit(".", 1)[-1].strip('"') in command.sql)
 
 
+def _locator(batch: list[Unit]) -> progress.Locator:
+    """Where the backend's current statement is, for migration.progress: the statements of ``batch`` with their
+    file and line, listed only when a block ran long enough to be reported on (on the ticker thread)."""
+    listed: list[progress.Locator] = []
+
+    def statements() -> Iterator[tuple[str, str, int | None]]:
+        for unit in batch:
+            migration = unit.migration
+            for command in migration.analysis.commands:
+                where, _ = _where(migration, command, None)
+                yield command.sql, unit.label, where.line
+
+    def locate(query: str | None) -> tuple[str | None, int | None]:
+        if not listed:
+            listed.append(progress.statement_locator(statements(), batch[0].label if len(batch) == 1 else None))
+        return listed[0](query)
+
+    return locate
+
+
 def _cause(exc: BaseException | None) -> str:
     if isinstance(exc, MigrationFailedError):
         return f"{type(exc.__cause__).__name__} (SQLSTATE {exc.server.sqlstate})"
@@ -609,6 +658,7 @@ def apply_plan(
     *,
     guard: Callable[[], None] = lambda: None,
     pooled: bool = False,
+    observer: psycopg.Connection[Any] | None = None,
 ) -> None:
     """Apply ``units`` in order; each committed one is recorded in ``report`` as it is known.
 
@@ -616,10 +666,11 @@ def apply_plan(
     ``--ddl-retry-delay``); raises MigrationFailedError (7), DatabaseUnreachableError (3) or
     InconsistentError (6). ``guard`` raises when the migration lock was lost (it is called before each
     batch and when a statement fails: a lost lease cancels the running statement). ``pooled``: a
-    transaction pooler is in the way, so no session state is set (see _Applier)."""
+    transaction pooler is in the way, so no session state is set (see _Applier). ``observer``: an idle connection
+    of pgsluice's own (the lock's) that migration.progress reads pg_stat_activity and the progress views on."""
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-    applier = _Applier(conn, config, report, on_applied, guard=guard, pooled=pooled)
+    applier = _Applier(conn, config, report, on_applied, guard=guard, pooled=pooled, observer=observer)
     queue = list(units)
     while queue:
         head = queue[0]

@@ -21,7 +21,7 @@ from typing import IO, Any
 import psycopg
 import structlog
 
-from pgsluice import __version__, storage
+from pgsluice import __version__, progress, storage
 from pgsluice.catalog import DUMP_SUFFIX, MANIFEST_SUFFIX, Manifest, apply_retention, stamp_of, write_manifest
 from pgsluice.config import Config
 from pgsluice.errors import BackupError, PgsluiceError
@@ -140,6 +140,12 @@ def take_backup(
 
     sha = hashlib.sha256()
     size = 0
+    meter = progress.BackupProgress(
+        0,  # the database's size, measured below while pg_dump connects
+        after_seconds=config.progress_after_seconds,
+        interval_seconds=config.progress_interval_seconds,
+        console=progress.progress_console(config.log_format),
+    )
     failure: list[BaseException] = []
     # The temporary service file (when a credential needs one) lives as long as pg_dump does.
     connection = contextlib.ExitStack()
@@ -163,6 +169,7 @@ def take_backup(
             while chunk := stdout.read(READ_CHUNK):
                 sha.update(chunk)
                 size += len(chunk)
+                meter.update(size)
                 yield chunk
             code = proc.wait()
             log.debug(Event.BACKUP_DUMP_FINISHED, bytes=size, exit_code=code)
@@ -178,9 +185,9 @@ def take_backup(
         key = store.key(backup_id + DUMP_SUFFIX)
         manifest_key = store.key(backup_id + MANIFEST_SUFFIX)
         where = store.display(key)
-        part_size, concurrency = upload_shape(
-            _database_bytes(conn), config.backup_part_size_bytes, config.backup_concurrency
-        )
+        database_bytes = _database_bytes(conn)
+        part_size, concurrency = upload_shape(database_bytes, config.backup_part_size_bytes, config.backup_concurrency)
+        meter.expected_bytes = database_bytes
         log.info(
             Event.BACKUP_STARTED,
             object=where,
@@ -189,10 +196,11 @@ def take_backup(
             part_size_bytes=part_size,
             concurrency=concurrency,
         )
-        interruptible(
-            lambda: storage.put_stream(store, key, chunks(), part_size=part_size, concurrency=concurrency),
-            on_interrupt=proc.kill,  # its end of stream makes obstore abort the multipart upload
-        )
+        with meter:  # backup.progress while it runs long, also while pg_dump is stalled
+            interruptible(
+                lambda: storage.put_stream(store, key, chunks(), part_size=part_size, concurrency=concurrency),
+                on_interrupt=proc.kill,  # its end of stream makes obstore abort the multipart upload
+            )
     except Exception as exc:  # a signal (143/130) is not an Exception: it wins over what it caused
         if failure:
             raise failure[0] from exc

@@ -67,6 +67,9 @@ def configure_logging(
     if as_json:
         processors.append(structlog.processors.JSONRenderer())
     else:
+        from pgsluice.progress import clear_console_lines
+
+        processors.append(clear_console_lines)  # a progress line redrawn in place is erased before the next event
         processors.append(
             structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback)
         )
