@@ -1,4 +1,4 @@
-"""Regenerate the README's generated blocks from the code: the options table and the list of log events.
+"""Regenerate the README's generated blocks from the code: the options table, the log events, the safety rules.
 
 python scripts/readme.py          # rewrite README.md in place
 python scripts/readme.py --check  # exit 1 when README.md is out of date (tests/test_docs.py does the same)
@@ -13,13 +13,14 @@ from pathlib import Path
 from pgsluice.config import OPTIONS
 from pgsluice.events import readme_list
 from pgsluice.options import readme_table
+from pgsluice.safety import readme_table as safety_rules_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def blocks() -> dict[str, str]:
     """Each generated block's name and its content."""
-    return {"options-table": readme_table(OPTIONS), "events": readme_list()}
+    return {"options-table": readme_table(OPTIONS), "events": readme_list(), "safety-rules": safety_rules_table()}
 
 
 def render(text: str) -> str:

@@ -39,7 +39,14 @@ def _add_command_arguments(command: str, sub: argparse.ArgumentParser) -> None:
             "--exit-code",
             dest="state_as_exit_code",
             action="store_true",
-            help="exit 9 when anything is pending, 6 when files and history disagree",
+            help="exit 9 when anything is pending, 6 when files and history disagree (or, with --drift, the schema "
+            "drifted)",
+        )
+        sub.add_argument(
+            "--drift",
+            dest="check_drift",
+            action="store_true",
+            help="compare the schema with its fingerprint from pgsluice's last run: drift.detected names what changed",
         )
     if command in ("baseline", "resolve"):
         sub.add_argument("version", type=int, metavar="VERSION")

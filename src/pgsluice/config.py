@@ -25,6 +25,7 @@ from pgsluice.errors import ConfigError
 from pgsluice.options import (
     CONNECTING_COMMANDS,
     DUMPING_COMMANDS,
+    OLDEST_SUPPORTED_POSTGRES,
     PLANNING_COMMANDS,
     READING_MIGRATIONS,
     STORE_COMMANDS,
@@ -36,6 +37,8 @@ from pgsluice.options import (
     parse_bool,
     parse_count,
     parse_duration,
+    parse_duration_or_off,
+    parse_pg_version,
     parse_size,
     positive,
     read_secret_file,
@@ -296,6 +299,12 @@ class Settings:
         unit="seconds",
         commands=("migrate",),
     )
+    pg_version: str = option(
+        OLDEST_SUPPORTED_POSTGRES,
+        "lint: the PostgreSQL version the safety rules assume offline (14, 15.4); migrate and plan ask the server",
+        parse=parse_pg_version,
+        commands=("lint",),
+    )
     on_drift: str = option(
         "warn",
         "when the schema changed outside pgsluice since its last run: warn (log drift.detected) or fail (exit 6)",
@@ -304,8 +313,8 @@ class Settings:
     )
     progress_after_seconds: float = option(
         10.0,
-        "a statement (or a backup) running longer than this gets progress events",
-        parse=parse_duration,
+        "a statement (or a backup) running longer than this gets progress events (off: never)",
+        parse=parse_duration_or_off,
         unit="seconds",
         commands=("migrate", "down", "backup"),
     )
@@ -535,6 +544,8 @@ class CommandArgs:
     json_output: bool = False
     state_as_exit_code: bool = False
     """status --exit-code: 9 when anything is pending, 6 when files and history disagree."""
+    check_drift: bool = False
+    """status --drift: compare the schema with the fingerprint of pgsluice's last run."""
     version: int | None = None
     resolve_as: str | None = None
     name: str | None = None

@@ -80,11 +80,13 @@ ABOUT: dict[Event, str] = {
     Event.LOCK_LEASE_RENEWED: "(debug) the lease lock's heartbeat renewed it: `expires_at`",
     Event.LOCK_LEASE_LOST: "the lease could not be renewed: the running statement is cancelled, the run stops",
     Event.PREFLIGHT_SESSIONS_FOUND: "sessions the migration's locks would queue behind: `sessions` (pid, "
-    "application_name, state, age, query)",
-    Event.SAFETY_FINDING: "the safety gate's finding: `rule`, `severity`, `file`, `line`, `table`, `lock`, "
-    "`message`, `safe_form`",
-    Event.DRIFT_DETECTED: "the schema changed outside pgsluice since its last run: `added`, `removed`, `changed`",
-    Event.DRIFT_RECORDED: "(debug) the schema's fingerprint after applying was recorded",
+    "application_name, state, age_seconds, locks, reasons, the query's first 200 characters)",
+    Event.SAFETY_FINDING: "the safety gate's finding: `rule`, `severity`, `action` (block, warn, allowed; "
+    "ignored at debug), `file`, `line`, `table`, `lock`, `message`, `safe_form`, `allowed_reason`",
+    Event.DRIFT_DETECTED: "the schema changed outside pgsluice since its last run (a warning): `added`, `removed`, "
+    "`changed` (object names), `recorded_at`; with `status --drift` also when it did not (`drifted`: false)",
+    Event.DRIFT_RECORDED: "(debug) the schema's fingerprint after applying was recorded (a warning when it "
+    "could not be)",
     Event.FILES_WARNING: "something about a file worth knowing; nothing stops",
     Event.FILES_INVALID: "a file stops the run before anything is applied: `file`, `line`, `problem`, `hint`",
     Event.HISTORY_UPGRADED: "pgsluice changed its own history table's shape, once, under the lock",
@@ -127,7 +129,7 @@ ABOUT: dict[Event, str] = {
     Event.REPORT_TERMINATION_LOG_UNWRITABLE: "the termination message could not be written",
     Event.RUN_CRASHED: "an internal error (a bug): the traceback",
     Event.RUN_FINISHED: "last, always: `outcome`, `exit_code`, `applied`, `current_version`, `durations`, "
-    "`backup`, and on failure `reason`, `file`, `line`, `column`, `sqlstate`",
+    "`backup`, `safety` (findings per action), and on failure `reason`, `file`, `line`, `column`, `sqlstate`",
 }
 
 

@@ -9,6 +9,7 @@ from ``options()``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ READING_MIGRATIONS = ("migrate", "status", "plan", "baseline", "lint", "down", "
 DUMPING_COMMANDS = ("migrate", "down", "backup")
 STORE_COMMANDS = ("migrate", "down", "backup", "backups", "restore")
 
+OLDEST_SUPPORTED_POSTGRES = "14"
+"""The oldest PostgreSQL major pgsluice supports (the community's oldest maintained one): what ``lint`` assumes."""
+_PG_VERSION = re.compile(r"^\s*\d+(?:\.\d+){0,2}\s*$")
 _DURATION = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(?P<num>\d+)\s*(?P<unit>B|KiB|MiB|GiB|K|M|G)?\s*$", re.IGNORECASE)
@@ -50,6 +54,18 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ValueError(f"{text!r} is not a duration (examples: 30, 30s, 500ms, 5m, 2h)")
     return float(match["num"]) * _DURATION_UNITS[match["unit"]]
+
+
+def parse_duration_or_off(text: str) -> float:
+    """A duration, or ``off`` (infinite: never)."""
+    return math.inf if text.strip().lower() in ("off", "never") else parse_duration(text)
+
+
+def parse_pg_version(text: str) -> str:
+    """A PostgreSQL version as ``lint --pg-version`` takes it: ``14``, ``14.2`` or ``140002``."""
+    if not _PG_VERSION.match(text):
+        raise ValueError(f"{text!r} is not a PostgreSQL version (examples: 14, 15.4, 150004)")
+    return text.strip()
 
 
 def parse_size(text: str) -> int:

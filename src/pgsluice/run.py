@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import structlog
 
-from pgsluice import history, views
+from pgsluice import gate, history, views
 from pgsluice.config import Config
 from pgsluice.db import connect, detect_transaction_pooling, server_facts
 from pgsluice.errors import (
@@ -22,6 +22,7 @@ from pgsluice.errors import (
     ExitCode,
     InconsistentError,
     Location,
+    MigrationFailedError,
     PgsluiceError,
     PoolingDetectedError,
 )
@@ -244,6 +245,8 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
             history.ensure_table(conn, config.history_table, repeatables=True)
         units = [Unit(m, Direction.UP, down=found.down_file(m)) for m in plan.pending]
         units += [Unit(m, Direction.REPEATABLE) for m in plan.outdated]
+        with report.step("safety"):
+            gate.before_applying(config, conn, [u.migration for u in units], report)
         purpose = BackupPurpose(plan.current_version, plan.target_version, tuple(u.migration.filename for u in units))
         _apply(config, report, session, units=units, purpose=purpose, pg_dump=pg_dump)
 
@@ -282,7 +285,15 @@ def _apply(
         backup_step(config, report, work, purpose, pg_dump)
         lock.check()
         with report.step("apply"):
-            apply_plan(work, units, config, report, guard=lock.check, pooled=session.pooled)
+            try:
+                apply_plan(work, units, config, report, guard=lock.check, pooled=session.pooled, observer=session.conn)
+            except MigrationFailedError:
+                # What committed before the failure is the schema now: the next run's drift check must not
+                # report it as a change made outside pgsluice.
+                if report.applied or report.reverted or report.repeatables_applied:
+                    gate.record(config, session.conn, None)
+                raise
+        gate.record(config, session.conn, purpose.to_version)
 
 
 def run_down(config: Config, report: Report) -> ExitCode:
@@ -318,6 +329,9 @@ def run_down(config: Config, report: Report) -> ExitCode:
             plan.current_version, max(remaining, default=0), tuple(s.migration.filename for s in down.steps)
         )
         units = [Unit(s.migration, Direction.DOWN) for s in down.steps]
+        # No safety gate and no drift refusal on the way back: a rollback is the last resort, and the gate must
+        # never be what blocks it. Who the down SQL would queue behind is still worth a warning.
+        gate.preflight(config, conn, [u.migration for u in units])
         _apply(config, report, session, units=units, purpose=purpose, pg_dump=pg_dump)
         left = {r.version for r in _read_history(config, conn, found).rows} & set(reverting)
         if left:
@@ -362,10 +376,16 @@ def run_status(config: Config, report: Report) -> ExitCode:
         conn = session.conn
         plan, _ = _plan(config, report, conn, found, check_sql=False)
         lease = read_lease(conn, config.history_table, config.lock_key)
+        drifted = config.args.check_drift and gate.check_drift(config, conn, on_demand=True)
     views.print_status(plan, as_json=config.args.json_output, lease=lease)
     if config.args.state_as_exit_code:
         if plan.problems:
             raise _inconsistent(plan.problems, "the history does not match the files")
+        if drifted:
+            raise InconsistentError(
+                "the schema changed outside pgsluice since its last run (see drift.detected)",
+                hint="fold the change into a migration; the next run that applies something records the schema",
+            )
         if plan.pending:
             versions = [m.version for m in plan.pending]
             report.reason = f"{len(versions)} migration(s) pending: versions {versions}"
@@ -379,10 +399,14 @@ def run_plan(config: Config, report: Report) -> ExitCode:
     with _session(config, report, locked=False) as session:
         conn = session.conn
         plan, _ = _plan(config, report, conn, found, check_sql=True)
-    views.print_plan(plan, as_json=config.args.json_output)
+        safety = None if plan.problems else gate.judge(config, conn, [*plan.pending, *plan.outdated])
+    views.print_plan(plan, as_json=config.args.json_output, safety=safety)
     if plan.problems:
         _log_problems(Event.PLAN_INVALID, plan.problems)
         raise _inconsistent(plan.problems, "migrate would stop before applying anything")
+    refusal = safety.error() if safety is not None else None
+    if refusal is not None:
+        raise refusal
     return ExitCode.OK
 
 
@@ -401,6 +425,7 @@ def run_baseline(config: Config, report: Report) -> ExitCode:
         known = {row.version for row in _read_history(config, conn, found).rows}
         rows = [(m.version, m.name, m.checksum, m.file_sha256) for m in chosen if m.version not in known]
         history.insert_baseline(conn, config.history_table, rows, config.hostname)
+        gate.record(config, conn, version)  # the schema as it is is what the baseline adopts
     report.applied = [r[0] for r in rows]
     log.info(
         Event.BASELINE_RECORDED,
@@ -451,9 +476,13 @@ def run_lint(config: Config, report: Report) -> ExitCode:
         if down is not None:
             problems.extend(down.sql_problems(strict_syntax=True))
             warnings.extend(down.warnings(strict_syntax=True))
-    views.print_lint(found, problems, warnings, notes)
+    safety = None if config.unsafe_ddl == "off" else gate.judge_offline(config, [*found.migrations, *found.repeatables])
+    views.print_lint(found, problems, warnings, notes, safety=safety)
     if problems:
         raise _inconsistent(problems, "lint found problems")
+    refusal = safety.error() if safety is not None else None
+    if refusal is not None:
+        raise refusal
     return ExitCode.OK
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from pgsluice.records import Execution
 
 if TYPE_CHECKING:
     from pgsluice.catalog import BackupInfo  # the catalog imports obstore: not for status and plan
+    from pgsluice.safety import Finding, SafetyReport  # pglast: only when something is judged
 
 
 def _entry_dict(entry: Entry) -> dict[str, Any]:
@@ -156,14 +158,31 @@ def print_status(plan: Plan, *, as_json: bool, lease: dict[str, Any] | None = No
     sys.stdout.write(out)
 
 
-def _pending_dict(m: Migration) -> dict[str, Any]:
+def _pending_dict(m: Migration, findings: Sequence[Finding] = ()) -> dict[str, Any]:
     return {
         "version": None if m.repeatable else m.version,
         "file": m.filename,
         "no_transaction": m.no_transaction,
         "statements": len(m.analysis.commands),
         "execution": str(m.execution),
+        "findings": [f.log_fields() for f in findings],
     }
+
+
+def _by_file(safety: SafetyReport | None) -> dict[str, list[Finding]]:
+    found: dict[str, list[Finding]] = {}
+    for finding in safety.findings if safety is not None else ():
+        found.setdefault(finding.file, []).append(finding)
+    return found
+
+
+def finding_line(finding: Finding, *, offline: bool = False) -> str:
+    """``warn large index-not-concurrent: <message>; <safe form, or how to accept it>`` on one line; offline
+    (``lint``), a finding the live database decides says so."""
+    line = f"{finding.action} {finding.severity} {finding.rule}: {finding.message}; {finding.hint}"
+    if offline and finding.needs_live_facts:
+        line += " (the live database decides: migrate and plan judge it by the table's size and catalog)"
+    return line
 
 
 def _apply_line(m: Migration) -> str:
@@ -173,14 +192,17 @@ def _apply_line(m: Migration) -> str:
     return f"  apply {m.filename} ({len(m.analysis.commands)} statement(s), {mode})"
 
 
-def print_plan(plan: Plan, *, as_json: bool) -> None:
-    """The migrations migrate would apply, in order: versioned ones, then outdated repeatable ones."""
+def print_plan(plan: Plan, *, as_json: bool, safety: SafetyReport | None = None) -> None:
+    """The migrations migrate would apply, in order: versioned ones, then outdated repeatable ones, each with
+    the safety gate's findings about it."""
+    findings = _by_file(safety)
     if as_json:
         doc = {
             "current_version": plan.current_version,
             "target_version": plan.target_version,
-            "pending": [_pending_dict(m) for m in plan.pending],
-            "repeatables": [_pending_dict(m) for m in plan.outdated],
+            "server_version": safety.server_version if safety is not None else None,
+            "pending": [_pending_dict(m, findings.get(m.filename, ())) for m in plan.pending],
+            "repeatables": [_pending_dict(m, findings.get(m.filename, ())) for m in plan.outdated],
             "deferred": [m.version for m in plan.deferred],
             "future": list(plan.future),
             "problems": [_problem_dict(p) for p in plan.problems],
@@ -191,7 +213,9 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
     lines = [f"current version: {_version(plan.current_version)}; target version: {_version(plan.target_version)}"]
     if not plan.pending and not plan.outdated:
         lines.append("nothing to apply")
-    lines += [_apply_line(m) for m in (*plan.pending, *plan.outdated)]
+    for m in (*plan.pending, *plan.outdated):
+        lines.append(_apply_line(m))
+        lines += [f"    {finding_line(f)}" for f in findings.get(m.filename, ())]
     lines += [f"  later (beyond --target): {m.filename}" for m in plan.deferred]
     if plan.future:
         lines.append(f"  newer than every file (a newer release's, accepted): {list(plan.future)}")
@@ -200,12 +224,27 @@ def print_plan(plan: Plan, *, as_json: bool) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def print_lint(found: Discovery, problems: list[Problem], warnings: list[Problem], notes: list[Problem]) -> None:
-    """``error: <file> line <n>: message: hint`` per problem, then a summary line."""
+def print_lint(
+    found: Discovery,
+    problems: list[Problem],
+    warnings: list[Problem],
+    notes: list[Problem],
+    *,
+    safety: SafetyReport | None = None,
+) -> None:
+    """``error: <file> line <n>: message: hint`` per problem, the safety gate's findings (assuming
+    ``--pg-version``, no table sizes), then a summary line."""
     for kind, items in (("error", problems), ("warning", warnings), ("note", notes)):
         for problem in items:
             sys.stdout.write(f"{kind}: {problem}\n")
-    sys.stdout.write(f"{len(found.migrations)} migration(s), {len(problems)} error(s), {len(warnings)} warning(s)\n")
+    shown = [f for f in safety.findings if f.action != "ignored"] if safety is not None else []
+    for finding in shown:
+        sys.stdout.write(f"safety: {finding_line(finding, offline=True)}\n")
+    summary = f"{len(found.migrations)} migration(s), {len(problems)} error(s), {len(warnings)} warning(s)"
+    if safety is not None:
+        blocking = len(safety.blocking)
+        summary += f", {len(shown)} safety finding(s) ({blocking} blocking) assuming PostgreSQL {safety.server_version}"
+    sys.stdout.write(summary + "\n")
 
 
 def print_backups(backups: list[BackupInfo], *, as_json: bool) -> None:

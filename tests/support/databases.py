@@ -89,3 +89,15 @@ def sleeping_pid(db: Database) -> int | None:
 def advisory_locks(db: Database) -> int:
     """How many advisory locks are granted in the whole cluster."""
     return int(db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") or 0)
+
+
+class CountingConnection(psycopg.Connection[tuple[Any, ...]]):
+    """A real connection that counts the statements sent through ``execute``."""
+
+    statements = 0
+
+    def execute(
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool = False
+    ) -> psycopg.Cursor[tuple[Any, ...]]:
+        self.statements += 1
+        return super().execute(query, params, prepare=prepare, binary=binary)
