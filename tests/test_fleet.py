@@ -182,3 +182,29 @@ def test_status_over_the_fleet_and_bad_target_lines(db: Database, mdir: Path, tm
     wrong = run_cli("migrate", "--targets", str(targets), url=db.url, migrations=mdir)
     assert wrong.returncode == 2
     assert "targets.txt line 2: 'Bad-Schema' is not a schema name" in wrong.finished["reason"]
+
+
+def test_each_schema_target_has_its_own_drift_fingerprint(db: Database, mdir: Path, tmp_path: Path) -> None:
+    """Schema targets: a manual change in one tenant's schema is drift there only (--on-drift fail refuses that
+    target, exit 6), and a tenant's fingerprint covers its own schema, not the whole database."""
+    write_migrations(mdir, FILES)
+    targets = tmp_path / "targets.txt"
+    targets.write_text(f"{db.name}:tenant_a\n{db.name}:tenant_b\n")
+    with db.connect() as conn:
+        conn.execute("CREATE SCHEMA tenant_a; CREATE SCHEMA tenant_b")
+    first = run_cli("migrate", "--targets", str(targets), url=db.url, migrations=mdir)
+    assert first.returncode == 0, first.stderr
+    keys = [r[0] for r in db.query("SELECT json_object_keys(fingerprint) FROM tenant_a.pgsluice_history_schema")]
+    assert keys and all("tenant_b" not in key for key in keys), keys
+
+    with db.connect() as conn:
+        conn.execute("ALTER TABLE tenant_b.accounts ADD COLUMN by_hand text")
+    write_migrations(mdir, {"004_more.sql": "CREATE TABLE more (id int);\n"})
+    second = run_cli(
+        "migrate", "--targets", str(targets), url=db.url, migrations=mdir, env={"PGSLUICE_ON_DRIFT": "fail"}
+    )
+    outcomes = {e["target"]: e["exit_code"] for e in second.all("target.finished")}
+    assert outcomes == {f"{db.name}:tenant_a": 0, f"{db.name}:tenant_b": 6}, second.stderr[-2000:]
+    assert second.returncode == 6
+    assert db.scalar("SELECT to_regclass('tenant_a.more') IS NOT NULL")
+    assert db.scalar("SELECT to_regclass('tenant_b.more') IS NULL")

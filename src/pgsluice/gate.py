@@ -93,7 +93,7 @@ def check_drift(config: Config, conn: psycopg.Connection[Any], *, on_demand: boo
     run, or a history from before pgsluice recorded fingerprints): no judgement, False."""
     from pgsluice.safety.drift import check_drift as compare
 
-    drift = compare(conn, config.history_table)
+    drift = compare(conn, config.history_table, schema=config.search_schema)  # a fleet's schema target: its own
     if drift is None:
         if on_demand:
             log.info(
@@ -122,7 +122,13 @@ def record(config: Config, conn: psycopg.Connection[Any], version: int | None) -
     from pgsluice.safety.drift import record_fingerprint
 
     try:
-        record_fingerprint(conn, config.history_table, migration_version=version, pgsluice_version=__version__)
+        record_fingerprint(
+            conn,
+            config.history_table,
+            migration_version=version,
+            pgsluice_version=__version__,
+            schema=config.search_schema,
+        )
     except psycopg.Error as exc:
         log.warning(Event.DRIFT_RECORDED, recorded=False, error=config.redactor(" ".join(str(exc).split())))
         return

@@ -58,6 +58,7 @@ OBJECTS_SQL = """
 ns AS (
     SELECT n.oid, quote_ident(n.nspname) AS q FROM pg_namespace n
     WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+      AND (%(only)s::text IS NULL OR n.nspname = %(only)s::text)
       AND NOT EXISTS (SELECT 1 FROM pg_depend d
                       WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
 ),
@@ -151,7 +152,8 @@ objects(key, body) AS MATERIALIZED (
                       WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
 )"""
 """Every fingerprinted object of the user schemas as ``objects(key, body)``, the canonical text per object.
-Parameter ``own``: pgsluice's own tables (``schema.name`` as text), left out."""
+Parameters ``own``: pgsluice's own tables (``schema.name`` as text), left out; ``only``: one schema (a fleet's
+schema target, whose fingerprint must not grow with the other tenants), or None for every user schema."""
 
 MAPPING = "coalesce(json_object_agg(key, md5(body)), '{}'::json)"
 """The fingerprint: ``{"table public.users": "<md5 of its canonical text>", …}``."""
@@ -228,15 +230,22 @@ def _ident(table: TableName) -> sql.Identifier:
     return sql.Identifier(table.schema, table.name)
 
 
-def fetch_fingerprint(conn: psycopg.Connection[Any], history_table: TableName) -> dict[str, str]:
+def fetch_fingerprint(
+    conn: psycopg.Connection[Any], history_table: TableName, *, schema: str | None = None
+) -> dict[str, str]:
     """The live schema's fingerprint (one query); for tests and tools, the run only records and checks."""
-    row = conn.execute(FINGERPRINT_SQL, {"own": own_tables(history_table)}).fetchone()
+    row = conn.execute(FINGERPRINT_SQL, {"own": own_tables(history_table), "only": schema}).fetchone()
     assert row is not None  # noqa: S101 - an aggregate returns one row
     return dict(row[0])
 
 
 def record_fingerprint(
-    conn: psycopg.Connection[Any], history_table: TableName, *, migration_version: int | None, pgsluice_version: str
+    conn: psycopg.Connection[Any],
+    history_table: TableName,
+    *,
+    migration_version: int | None,
+    pgsluice_version: str,
+    schema: str | None = None,
 ) -> None:
     """Store the live schema's fingerprint (computed and stored server-side, nothing travels), creating the table
     when missing. Call it after a run that applied something, under the migration lock."""
@@ -263,11 +272,11 @@ def record_fingerprint(
             " recorded_at = excluded.recorded_at, pgsluice_version = excluded.pgsluice_version,"
             " migration_version = excluded.migration_version"
         ).format(objects=sql.SQL(OBJECTS_SQL), table=table, mapping=sql.SQL(MAPPING), digest=sql.SQL(DIGEST)),
-        {"own": own_tables(history_table), "pv": pgsluice_version, "mv": migration_version},
+        {"own": own_tables(history_table), "pv": pgsluice_version, "mv": migration_version, "only": schema},
     )
 
 
-def check_drift(conn: psycopg.Connection[Any], history_table: TableName) -> Drift | None:
+def check_drift(conn: psycopg.Connection[Any], history_table: TableName, *, schema: str | None = None) -> Drift | None:
     """Compare the live schema with the recorded fingerprint, in one query: when the digests agree nothing else
     is computed or sent; otherwise both md5 mappings travel and are compared here. None when nothing was recorded
     yet (the first run); an empty Drift when nothing changed."""
@@ -287,7 +296,7 @@ def check_drift(conn: psycopg.Connection[Any], history_table: TableName) -> Drif
         table=_ident(drift_table(history_table)),
     )
     try:
-        row = conn.execute(query, {"own": own_tables(history_table)}).fetchone()
+        row = conn.execute(query, {"own": own_tables(history_table), "only": schema}).fetchone()
     except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
         return None
     if row is None:
