@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from pgsluice.config import TableName
+from pgsluice.lock import LeaseLock
 from tests.support.cli import finished, poll, run_cli, start, write_migrations
 from tests.support.databases import LONG, Database, Server, advisory_locks, sleeping_pid
 from tests.support.pgbouncer import PgBouncer, PgBouncerUnavailableError, PoolMode
@@ -116,6 +119,40 @@ def test_eight_racers_through_transaction_pooling_with_the_lease_apply_each_once
     assert db.scalar("SELECT count(DISTINCT version) FROM runs") == 200
     assert advisory_locks(db) == 0
     assert db.scalar("SELECT count(*) FROM pgsluice_history_lock") == 0  # every lease given back
+
+
+def _create(lock: LeaseLock, start_line: threading.Barrier, errors: list[BaseException]) -> None:
+    start_line.wait()
+    try:
+        lock._ensure_table()  # the race itself, without the lock's polling around it
+    except BaseException as exc:  # noqa: BLE001 - collected and asserted by the test
+        errors.append(exc)
+
+
+def test_runners_creating_the_lease_table_at_once_never_fail(db: Database) -> None:
+    """Eight sessions create a fresh lease table (and its schema) at the same instant, 15 times: IF NOT EXISTS
+    loses the race on pg_type or pg_namespace now and then, and the loser must retry, not crash with exit 1."""
+    racers = 8
+    conns = [psycopg.connect(db.url, autocommit=True) for _ in range(racers)]
+    try:
+        for round_ in range(15):
+            table = TableName(f"race{round_}", "pgsluice_history")  # the lease table is <history>_lock
+            locks = [
+                LeaseLock(c, table, 1, timeout_seconds=1, lease_seconds=30, heartbeat_seconds=10, holder="t")
+                for c in conns
+            ]
+            start_line = threading.Barrier(racers)
+            errors: list[BaseException] = []
+            threads = [threading.Thread(target=_create, args=(lock, start_line, errors)) for lock in locks]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == [], f"round {round_}: {errors}"
+            assert db.scalar("SELECT to_regclass(%s) IS NOT NULL", (f"race{round_}.pgsluice_history_lock",))
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 def test_a_killed_lease_holder_expires_and_a_rerun_completes(

@@ -249,12 +249,15 @@ class LeaseLock:
             " expires_at timestamptz NOT NULL)"
         ).format(self._ident)
         schema = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.table.schema))
-        for attempt in (1, 2):  # two runners creating it at once: one may lose the race on pg_type
+        # Runners creating it at once: IF NOT EXISTS is checked before the catalog insert, so one may lose the race
+        # on pg_namespace or pg_type (a unique violation, or "already exists"); the next try sees it.
+        lost_race = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject, psycopg.errors.DuplicateTable)
+        for attempt in (1, 2, 3):
             try:
                 self.conn.execute(schema)
                 self.conn.execute(statement)
-            except psycopg.errors.UniqueViolation:
-                if attempt == 2:
+            except (*lost_race, psycopg.errors.DuplicateSchema):
+                if attempt == 3:
                     raise
             else:
                 return
