@@ -238,3 +238,124 @@ def test_a_short_run_has_no_progress_events(db: Database, tmp_path: Path) -> Non
     files = write_migrations(tmp_path / "m", {"001_t.sql": "CREATE TABLE t (a int);\n"})
     result = run_cli("migrate", url=db.url, migrations=files)
     assert result.returncode == 0 and result.all("migration.progress") == []
+
+
+def test_the_gate_never_queues_behind_a_lock_on_a_partition_or_a_view(db: Database, tmp_path: Path) -> None:
+    """A session holds ACCESS EXCLUSIVE on one partition and on a view: the facts (sizes), the preflight and the
+    drift check must not wait behind it. The preflight names the partition's holder; the drift check says it
+    could not look; the ALTER itself then times out on its lock (exit 7), promptly, nothing applied."""
+    with db.connect() as conn:
+        conn.execute(
+            "CREATE TABLE ev (at int, v int) PARTITION BY RANGE (at);"
+            "CREATE TABLE ev_a PARTITION OF ev FOR VALUES FROM (0) TO (100);"
+            "CREATE TABLE ev_b PARTITION OF ev FOR VALUES FROM (100) TO (200);"
+            "INSERT INTO ev SELECT g % 200, g FROM generate_series(1, 5000) g; ANALYZE ev;"
+            "CREATE VIEW ev_view AS SELECT at FROM ev_a"
+        )
+    first = write_migrations(tmp_path / "m", {"001_t.sql": "CREATE TABLE t (a int);\n"})
+    assert run_cli("migrate", url=db.url, migrations=first).returncode == 0  # a fingerprint is recorded
+    write_migrations(tmp_path / "m", {"002_ev.sql": "ALTER TABLE ev ADD COLUMN z int;\n"})
+    holder = psycopg.connect(db.url, application_name="partition-holder", autocommit=True)
+    try:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE ev_b, ev_view IN ACCESS EXCLUSIVE MODE")
+        env = {**SMALL_LARGE, "PGSLUICE_DDL_LOCK_TIMEOUT": "300ms", "PGSLUICE_DDL_RETRIES": "0"}
+        result = run_cli("migrate", url=db.url, migrations=first, env=env, timeout=60)
+    finally:
+        holder.close()
+    named = result.event("preflight.sessions_found")["sessions"]
+    assert any(s["application_name"] == "partition-holder" for s in named), named
+    assert result.event("drift.detected")["drifted"] is None
+    assert "not checked" in result.event("drift.detected")["reason"]
+    assert result.returncode == 7, result.stderr
+    assert result.finished["durations"]["safety"] < 30
+    assert applied(db) == [1]
+
+
+def test_a_failed_no_transaction_migration_is_not_drift(db: Database, tmp_path: Path) -> None:
+    """What a no-transaction file created before it failed is pgsluice's doing: status --drift finds no drift,
+    and after resolve the next run is not refused with --on-drift fail."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "001_t.sql": "CREATE TABLE t (a int);\n",
+            "002_d.sql": "-- pgsluice: no-transaction\nCREATE TABLE d (id int);\n"
+            "CREATE INDEX CONCURRENTLY d_i ON d (id);\nSELECT 1/0;\n",
+        },
+    )
+    assert run_cli("migrate", url=db.url, migrations=folder).returncode == 7
+    status = run_cli("status", "--drift", "--exit-code", url=db.url, migrations=folder)
+    assert status.event("drift.detected")["drifted"] is False
+    assert run_cli("resolve", "2", "--applied", url=db.url, migrations=folder).returncode == 0
+    write_migrations(folder, {"003_e.sql": "CREATE TABLE e (id int);\n"})
+    again = run_cli("migrate", url=db.url, migrations=folder, env={"PGSLUICE_ON_DRIFT": "fail"})
+    assert again.returncode == 0, again.stderr
+
+
+def test_drift_sees_triggers_disabled_row_security_and_policies(db: Database, tmp_path: Path) -> None:
+    """Changes that alter behaviour without a new column are drift too: a trigger disabled, row level security
+    enabled, a policy created."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "001_t.sql": "CREATE TABLE t (a int);\nCREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RETURN NEW; END$$;\n"
+            "CREATE TRIGGER audit BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION noop();\n"
+        },
+    )
+    assert run_cli("migrate", url=db.url, migrations=folder).returncode == 0
+    for change, key in (
+        ("ALTER TABLE t DISABLE TRIGGER audit", "trigger public.t.audit"),
+        ("ALTER TABLE t ENABLE ROW LEVEL SECURITY", "table public.t"),
+        ("CREATE POLICY mine ON t USING (a > 0)", "policy public.t.mine"),
+    ):
+        with db.connect() as conn:
+            conn.execute(change)
+        status = run_cli("status", "--drift", "--exit-code", url=db.url, migrations=folder)
+        drift = status.event("drift.detected")
+        assert status.returncode == 6 and key in drift["added"] + drift["changed"], (change, drift)
+
+
+def test_safe_forms_pass_block(db: Database, tmp_path: Path) -> None:
+    """Under block, what the gate's own advice recommends is not refused: an index ON ONLY a partitioned parent,
+    CREATE INDEX IF NOT EXISTS of an index already there, an UPDATE batched by a key range."""
+    with db.connect() as conn:
+        conn.execute(
+            "CREATE TABLE ev (at int) PARTITION BY RANGE (at);"
+            "CREATE TABLE ev_a PARTITION OF ev FOR VALUES FROM (0) TO (10000);"
+            "INSERT INTO ev SELECT generate_series(0, 4999);"
+            "CREATE TABLE big (id int PRIMARY KEY, n int); INSERT INTO big SELECT g, 0 FROM generate_series(1, 5000) g;"
+            "CREATE INDEX big_n ON big (n); ANALYZE ev; ANALYZE big"
+        )
+    folder = write_migrations(
+        tmp_path / "m",
+        {
+            "001_only.sql": "CREATE INDEX ev_at ON ONLY ev (at);\n",
+            "002_exists.sql": "CREATE INDEX IF NOT EXISTS big_n ON big (n);\n",
+            "003_batch.sql": "UPDATE big SET n = 1 WHERE id BETWEEN 1 AND 500;\n",
+        },
+    )
+    result = run_cli("migrate", url=db.url, migrations=folder, env={**SMALL_LARGE, "PGSLUICE_UNSAFE_DDL": "block"})
+    assert result.returncode == 0, result.stderr
+    assert [f["rule"] for f in result.all("safety.finding")] == []
+
+
+def test_an_allow_naming_no_rule_is_a_warning(tmp_path: Path, db: Database) -> None:
+    """A typo in '-- pgsluice: allow' accepts nothing: migrate and lint say so."""
+    folder = write_migrations(
+        tmp_path / "m",
+        {"001_t.sql": "-- pgsluice: allow index-not-concurent -- typo\nCREATE TABLE t (a int);\n"},
+    )
+    lint = run_cli("lint", migrations=folder)
+    assert "names no safety rule" in lint.stdout, lint.stdout
+    result = run_cli("migrate", url=db.url, migrations=folder)
+    assert result.returncode == 0
+    assert "index-not-concurent" in result.event("files.warning")["problem"]
+
+
+@pytest.mark.parametrize("version", ["0", "3", "8.4", "14.2.1", "fourteen"])
+def test_lint_refuses_a_version_postgresql_never_had(tmp_path: Path, version: str) -> None:
+    """--pg-version takes 14, 15.4, 9.6.3 or 150004; anything else is a usage error (exit 2)."""
+    folder = write_migrations(tmp_path / "m", {"001_t.sql": "CREATE TABLE t (a int);\n"})
+    result = run_cli("lint", "--pg-version", version, migrations=folder)
+    assert result.returncode == 2 and "PostgreSQL version" in result.stderr

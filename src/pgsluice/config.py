@@ -274,6 +274,7 @@ class Settings:
     large_table_bytes: int = option(
         100 * 1024**2,
         "a table of at least this size is large",
+        flag="--large-table-bytes",
         parse=parse_size,
         unit="bytes",
         commands=("migrate", "plan"),
@@ -288,6 +289,7 @@ class Settings:
     huge_table_bytes: int = option(
         10 * 1024**3,
         "a table of at least this size is huge",
+        flag="--huge-table-bytes",
         parse=parse_size,
         unit="bytes",
         commands=("migrate", "plan"),

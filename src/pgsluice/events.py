@@ -25,6 +25,7 @@ class Event(StrEnum):
     LOCK_LEASE_LOST = "lock.lease_lost"
     PREFLIGHT_SESSIONS_FOUND = "preflight.sessions_found"
     SAFETY_FINDING = "safety.finding"
+    SAFETY_SKIPPED = "safety.skipped"
     DRIFT_DETECTED = "drift.detected"
     DRIFT_RECORDED = "drift.recorded"
     FILES_WARNING = "files.warning"
@@ -83,6 +84,8 @@ ABOUT: dict[Event, str] = {
     "application_name, state, age_seconds, locks, reasons, the query's first 200 characters)",
     Event.SAFETY_FINDING: "the safety gate's finding: `rule`, `severity`, `action` (block, warn, allowed; "
     "ignored at debug), `file`, `line`, `table`, `lock`, `message`, `safe_form`, `allowed_reason`",
+    Event.SAFETY_SKIPPED: "the safety gate could not read the live facts in time (a lock, a timeout): `reason`; "
+    "with `--unsafe-ddl warn` the run goes on, with `block` it stops (exit 5)",
     Event.DRIFT_DETECTED: "the schema changed outside pgsluice since its last run (a warning): `added`, `removed`, "
     "`changed` (object names), `recorded_at`; with `status --drift` also when it did not (`drifted`: false)",
     Event.DRIFT_RECORDED: "(debug) the schema's fingerprint after applying was recorded (a warning when it "

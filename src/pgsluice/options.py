@@ -62,10 +62,19 @@ def parse_duration_or_off(text: str) -> float:
 
 
 def parse_pg_version(text: str) -> str:
-    """A PostgreSQL version as ``lint --pg-version`` takes it: ``14``, ``14.2`` or ``140002``."""
-    if not _PG_VERSION.match(text):
-        raise ValueError(f"{text!r} is not a PostgreSQL version (examples: 14, 15.4, 150004)")
-    return text.strip()
+    """A PostgreSQL version as ``lint --pg-version`` takes it: ``14``, ``14.2``, ``9.6.3`` or ``140002``."""
+    value = text.strip()
+    parts = value.split(".")
+    major = int(parts[0]) if _PG_VERSION.match(value) else 0
+    valid = (
+        (len(parts) == 1 and 10 <= major < 100)  # a major (10 and later)
+        or (len(parts) == 1 and 90000 <= major < 1_000_000)  # server_version_num
+        or (len(parts) == 2 and 10 <= major < 100)  # 14.2
+        or (len(parts) in (2, 3) and major == 9)  # 9.6, 9.6.3
+    )
+    if not valid:
+        raise ValueError(f"{text!r} is not a PostgreSQL version (examples: 14, 15.4, 9.6.3, 150004)")
+    return value
 
 
 def parse_size(text: str) -> int:

@@ -245,10 +245,17 @@ def run_migrate(config: Config, report: Report) -> ExitCode:
             history.ensure_table(conn, config.history_table, repeatables=True)
         units = [Unit(m, Direction.UP, down=found.down_file(m)) for m in plan.pending]
         units += [Unit(m, Direction.REPEATABLE) for m in plan.outdated]
-        with report.step("safety"):
-            gate.before_applying(config, conn, [u.migration for u in units], report)
         purpose = BackupPurpose(plan.current_version, plan.target_version, tuple(u.migration.filename for u in units))
-        _apply(config, report, session, units=units, purpose=purpose, pg_dump=pg_dump)
+        pending = [u.migration for u in units]
+        _apply(
+            config,
+            report,
+            session,
+            units=units,
+            purpose=purpose,
+            pg_dump=pg_dump,
+            before=lambda work: gate.before_applying(config, work, pending, report),
+        )
 
         # Trust, then verify: the history must now agree with the files.
         after = _compare(config, found, _read_history(config, conn, found), check_sql=False)
@@ -273,8 +280,10 @@ def _apply(
     units: list[Any],
     purpose: BackupPurpose,
     pg_dump: ClientTool | None,
+    before: Callable[[psycopg.Connection[Any]], None],
 ) -> None:
-    """On a connection of its own: the backup, then the units; a lost lease cancels the running statement."""
+    """On a connection of its own: the safety gate (``before``), the backup, then the units; a lost lease cancels
+    the running statement."""
     from pgsluice.apply import apply_plan
 
     lock = session.lock
@@ -282,18 +291,19 @@ def _apply(
     with closing(connect(config, "apply")) as work:
         report.connections.append(work)
         lock.on_lost(work.cancel)
+        with report.step("safety"):
+            before(work)  # on the connection the migrations use: their search_path, TimeZone and role
         backup_step(config, report, work, purpose, pg_dump)
         lock.check()
         with report.step("apply"):
             try:
                 apply_plan(work, units, config, report, guard=lock.check, pooled=session.pooled, observer=session.conn)
             except MigrationFailedError:
-                # What committed before the failure is the schema now: the next run's drift check must not
-                # report it as a change made outside pgsluice.
-                if report.applied or report.reverted or report.repeatables_applied:
-                    gate.record(config, session.conn, None)
+                # What committed before the failure, and what a no-transaction file left, is the schema now:
+                # the next run's drift check must not report it as a change made outside pgsluice.
+                gate.record(config, work, report.current_version)
                 raise
-        gate.record(config, session.conn, purpose.to_version)
+        gate.record(config, work, purpose.to_version)  # on work: the lock connection may be the lease's heartbeat
 
 
 def run_down(config: Config, report: Report) -> ExitCode:
@@ -331,8 +341,16 @@ def run_down(config: Config, report: Report) -> ExitCode:
         units = [Unit(s.migration, Direction.DOWN) for s in down.steps]
         # No safety gate and no drift refusal on the way back: a rollback is the last resort, and the gate must
         # never be what blocks it. Who the down SQL would queue behind is still worth a warning.
-        gate.preflight(config, conn, [u.migration for u in units])
-        _apply(config, report, session, units=units, purpose=purpose, pg_dump=pg_dump)
+        reverted = [u.migration for u in units]
+        _apply(
+            config,
+            report,
+            session,
+            units=units,
+            purpose=purpose,
+            pg_dump=pg_dump,
+            before=lambda work: gate.preflight(config, work, reverted),
+        )
         left = {r.version for r in _read_history(config, conn, found).rows} & set(reverting)
         if left:
             raise InconsistentError(
@@ -425,7 +443,8 @@ def run_baseline(config: Config, report: Report) -> ExitCode:
         known = {row.version for row in _read_history(config, conn, found).rows}
         rows = [(m.version, m.name, m.checksum, m.file_sha256) for m in chosen if m.version not in known]
         history.insert_baseline(conn, config.history_table, rows, config.hostname)
-        gate.record(config, conn, version)  # the schema as it is is what the baseline adopts
+        with closing(connect(config, "apply")) as work:  # not the lock connection: the lease's heartbeat uses it
+            gate.record(config, work, version)  # the schema as it is is what the baseline adopts
     report.applied = [r[0] for r in rows]
     log.info(
         Event.BASELINE_RECORDED,
@@ -476,6 +495,7 @@ def run_lint(config: Config, report: Report) -> ExitCode:
         if down is not None:
             problems.extend(down.sql_problems(strict_syntax=True))
             warnings.extend(down.warnings(strict_syntax=True))
+    warnings.extend(gate.unknown_rules([*found.migrations, *found.repeatables]))
     safety = None if config.unsafe_ddl == "off" else gate.judge_offline(config, [*found.migrations, *found.repeatables])
     views.print_lint(found, problems, warnings, notes, safety=safety)
     if problems:

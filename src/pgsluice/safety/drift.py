@@ -9,10 +9,11 @@ The fingerprint is computed server-side in ONE query from catalog facts (not pg_
 mapping object key → md5 of a canonical text of the object —
 
 - ``schema s``; ``extension e`` (version, schema: its objects are left out);
-  ``table s.t`` (kind, persistence, partitioning); ``column s.t.c`` (type, NOT NULL,
-  default, identity, generated, collation); ``constraint s.t.c``
-  (``pg_get_constraintdef``); ``index s.i`` (its definition and validity; an index behind
-  a constraint counts as the constraint); ``trigger s.t.tg``; ``view s.v`` /
+  ``table s.t`` (kind, persistence, partitioning, row level security, storage parameters);
+  ``column s.t.c`` (type, NOT NULL, default, identity, generated, collation);
+  ``constraint s.t.c`` (``pg_get_constraintdef``); ``index s.i`` (its definition and
+  validity; an index behind a constraint counts as the constraint); ``trigger s.t.tg``
+  (and whether it is enabled); ``policy s.t.p``; ``rule s.t.r``; ``view s.v`` /
   ``materialized view s.v`` (``pg_get_viewdef``); ``sequence s.q`` (its parameters, not
   its current value); ``function s.f(args)`` (kind, result, language, body, volatility,
   strictness, security, settings); ``type s.e`` (enum labels in order, domain
@@ -64,7 +65,8 @@ ns AS (
 ),
 own AS (SELECT to_regclass(x)::oid AS oid FROM unnest(%(own)s::text[]) AS x),
 rels AS (
-    SELECT c.oid, c.relkind, c.relpersistence, c.relpartbound, ns.q AS nq, ns.q || '.' || quote_ident(c.relname) AS q
+    SELECT c.oid, c.relkind, c.relpersistence, c.relpartbound, c.relrowsecurity, c.relforcerowsecurity, c.reloptions,
+           ns.q AS nq, ns.q || '.' || quote_ident(c.relname) AS q
     FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'c')
       AND c.oid NOT IN (SELECT oid FROM own WHERE oid IS NOT NULL)
@@ -81,6 +83,9 @@ objects(key, body) AS MATERIALIZED (
            r.relkind::text || r.relpersistence::text
            || CASE WHEN r.relkind = 'p' THEN pg_get_partkeydef(r.oid) ELSE '' END
            || CASE WHEN r.relpartbound IS NULL THEN '' ELSE pg_get_expr(r.relpartbound, r.oid) END
+           || CASE WHEN r.relrowsecurity THEN ' rls' ELSE '' END
+           || CASE WHEN r.relforcerowsecurity THEN ' force' ELSE '' END
+           || coalesce(' ' || r.reloptions::text, '')
     FROM rels r WHERE r.relkind IN ('r', 'p', 'f', 'c')
     UNION ALL
     SELECT 'column ' || r.q || '.' || quote_ident(a.attname),
@@ -126,8 +131,16 @@ objects(key, body) AS MATERIALIZED (
     LEFT JOIN pg_index i ON k.contype = 'p' AND i.indexrelid = k.conindid
     LEFT JOIN pg_class x ON x.oid = i.indexrelid
     UNION ALL
-    SELECT 'trigger ' || r.q || '.' || quote_ident(t.tgname), pg_get_triggerdef(t.oid)
+    SELECT 'trigger ' || r.q || '.' || quote_ident(t.tgname), pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
     FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
+    UNION ALL
+    SELECT 'policy ' || r.q || '.' || quote_ident(p.polname),
+           concat_ws(' ', p.polcmd, p.polpermissive, p.polroles::regrole[]::text,
+                     pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))
+    FROM pg_policy p JOIN rels r ON r.oid = p.polrelid
+    UNION ALL
+    SELECT 'rule ' || r.q || '.' || quote_ident(w.rulename), pg_get_ruledef(w.oid) || ' ' || w.ev_enabled::text
+    FROM pg_rewrite w JOIN rels r ON r.oid = w.ev_class WHERE w.rulename <> '_RETURN'
     UNION ALL
     SELECT 'function ' || ns.q || '.' || quote_ident(p.proname)
            || '(' || pg_get_function_identity_arguments(p.oid) || ')',
@@ -274,6 +287,13 @@ def record_fingerprint(
         ).format(objects=sql.SQL(OBJECTS_SQL), table=table, mapping=sql.SQL(MAPPING), digest=sql.SQL(DIGEST)),
         {"own": own_tables(history_table), "pv": pgsluice_version, "mv": migration_version, "only": schema},
     )
+
+
+def clear_fingerprint(conn: psycopg.Connection[Any], history_table: TableName) -> None:
+    """Forget the recorded fingerprint (when a new one could not be recorded: no fingerprint beats a stale one)."""
+    from psycopg import sql
+
+    conn.execute(sql.SQL("DELETE FROM {}").format(_ident(drift_table(history_table))))
 
 
 def check_drift(conn: psycopg.Connection[Any], history_table: TableName, *, schema: str | None = None) -> Drift | None:

@@ -340,15 +340,16 @@ resolved AS (
 Shared with the preflight, so that both find the tables as the migrations will."""
 
 _FACTS_SQL = f"""
-WITH {RELATIONS_CTE},
+WITH RECURSIVE {RELATIONS_CTE},
 rels AS (SELECT DISTINCT oid FROM resolved),
+tree AS (  -- every partition, from pg_inherits: pg_partition_tree would lock each one (ACCESS SHARE)
+    SELECT r.oid AS root, r.oid AS oid FROM rels r
+    UNION ALL
+    SELECT t.root, i.inhrelid FROM tree t JOIN pg_inherits i ON i.inhparent = t.oid
+    JOIN pg_class p ON p.oid = t.oid WHERE p.relkind = 'p'
+),
 leaves AS (
-    SELECT r.oid AS root, l.oid AS leaf
-    FROM rels r JOIN pg_class c ON c.oid = r.oid
-    CROSS JOIN LATERAL (
-        SELECT p.relid::oid AS oid FROM pg_partition_tree(r.oid) p WHERE p.isleaf AND c.relkind = 'p'
-        UNION ALL SELECT r.oid WHERE c.relkind <> 'p'
-    ) l
+    SELECT t.root, t.oid AS leaf FROM tree t JOIN pg_class c ON c.oid = t.oid WHERE c.relkind <> 'p'
 ),
 per_leaf AS (
     -- pg_relation_size and pg_table_size take ACCESS SHARE on the table: behind a session holding (or queued

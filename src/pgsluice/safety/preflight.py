@@ -25,8 +25,13 @@ if TYPE_CHECKING:
 QUERY_CHARS = 200
 
 _PREFLIGHT_SQL = f"""
-WITH {RELATIONS_CTE},
-targets AS (SELECT DISTINCT oid FROM resolved),
+WITH RECURSIVE {RELATIONS_CTE},
+tree AS (  -- the tables and their partitions (a lock on one partition queues DDL on the parent)
+    SELECT oid FROM resolved
+    UNION
+    SELECT i.inhrelid FROM tree t JOIN pg_inherits i ON i.inhparent = t.oid
+),
+targets AS (SELECT DISTINCT oid FROM tree),
 lockers AS (
     SELECT l.pid,
            array_agg(DISTINCT l.mode || ' on ' || n.nspname || '.' || c.relname

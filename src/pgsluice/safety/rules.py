@@ -572,6 +572,10 @@ def index_not_concurrent(ctx: Context) -> Iterator[Hit]:
         return
     ref = RelName.of(tree.relation)
     table = ctx.table(ref)
+    if table is not None and table.kind == "p" and not tree.relation.inh:
+        return  # ON ONLY a partitioned table: an invalid index on the parent alone, nothing is built
+    if table is not None and tree.if_not_exists and any(i.name == tree.idxname and i.valid for i in table.indexes):
+        return  # IF NOT EXISTS with a valid index of that name there already: nothing is built
     if table is not None and table.kind == "p":
         safe = (
             f"a partitioned table cannot be indexed CONCURRENTLY: CREATE INDEX {tree.idxname or '<name>'} ON ONLY "
@@ -1436,7 +1440,8 @@ def _limit_bound(where: Any) -> int | None:
 
 
 def _equality_columns(where: Any) -> dict[str, int]:
-    """Columns the WHERE pins to constants: ``col = const`` (1 value) or ``col IN (…)`` (n values)."""
+    """Columns the WHERE pins to constants: ``col = const`` (1 value), ``col IN (…)`` (n values) or an integer
+    ``col BETWEEN a AND b`` (at most b - a + 1 values)."""
     found: dict[str, int] = {}
     for part in _conjuncts(where):
         if type(part).__name__ != "A_Expr":
@@ -1449,6 +1454,10 @@ def _equality_columns(where: Any) -> dict[str, int]:
             found[column] = 1
         elif part.kind.name == "AEXPR_IN" and operator == "=" and isinstance(part.rexpr, tuple | list):
             found[column] = len(part.rexpr)
+        elif part.kind.name == "AEXPR_BETWEEN" and isinstance(part.rexpr, tuple | list) and len(part.rexpr) == 2:
+            low, high = (getattr(getattr(b, "val", None), "ival", None) for b in part.rexpr)
+            if isinstance(low, int) and isinstance(high, int):  # an integer key's batch: id BETWEEN 1 AND 5000
+                found[column] = max(0, high - low + 1)
     return found
 
 
