@@ -359,3 +359,24 @@ def test_lint_refuses_a_version_postgresql_never_had(tmp_path: Path, version: st
     folder = write_migrations(tmp_path / "m", {"001_t.sql": "CREATE TABLE t (a int);\n"})
     result = run_cli("lint", "--pg-version", version, migrations=folder)
     assert result.returncode == 2 and "PostgreSQL version" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_backup_of_a_hundred_megabytes_reports_rising_bytes(db: Database, tmp_path: Path) -> None:
+    """pgsluice's own backup path (pg_dump streamed to the store): backup.progress events while it runs, their
+    bytes rising, an estimate against the database's size that never claims 100 %."""
+    with db.connect() as conn:
+        conn.execute(
+            "CREATE TABLE noise AS SELECT g, md5(random()::text) || md5(random()::text) || md5(random()::text) AS t"
+            " FROM generate_series(1, 800000) g"
+        )
+    assert db.scalar("SELECT pg_database_size(current_database())") > 100 * 1024**2
+    folder = write_migrations(tmp_path / "m", {"001_t.sql": "CREATE TABLE t (a int);\n"})
+    env = {"PGSLUICE_PROGRESS_AFTER": "0", "PGSLUICE_PROGRESS_INTERVAL": "100ms"}
+    result = run_cli("backup", "--backup-url", f"file://{tmp_path}/bk", url=db.url, migrations=folder, env=env)
+    assert result.returncode == 0, result.stderr
+    events = result.all("backup.progress")
+    dumped = [e["bytes_dumped"] for e in events]
+    assert len(dumped) >= 2 and dumped == sorted(dumped) and dumped[-1] > dumped[0], dumped
+    assert all(e["percent_estimate"] is None or e["percent_estimate"] < 100 for e in events)
+    assert dumped[-1] <= result.event("backup.uploaded")["bytes"]
