@@ -7,6 +7,7 @@ import functools
 import os
 import select
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
@@ -210,6 +211,38 @@ def test_a_short_statement_runs_no_query_starts_no_thread_of_its_own_and_says_no
         assert set(threading.enumerate()) == threads  # the second block started nothing
         assert _activity(db, observer.info.backend_pid) == before
     assert logs == []
+
+
+_THREADS_PROBE = """
+import signal, sys, threading, psycopg, structlog
+from pgsluice.progress import watch_statements
+observer = psycopg.connect(sys.argv[1], autocommit=True)
+work = psycopg.connect(sys.argv[1], autocommit=True)
+with structlog.testing.capture_logs() as logs:
+    for _ in range(3):
+        with watch_statements(observer, work.info.backend_pid, after_seconds=2.0, interval_seconds=2.0,
+                              locate=lambda _q: (None, 1)):
+            work.execute("SELECT pg_sleep(0.05)")
+    short = (threading.active_count(), signal.getitimer(signal.ITIMER_REAL)[0], len(logs))
+    with watch_statements(observer, work.info.backend_pid, after_seconds=0.2, interval_seconds=0.2,
+                          locate=lambda _q: (None, 1)):
+        work.execute("SELECT pg_sleep(1)")
+    long = (threading.active_count(), len([e for e in logs if e["event"] == "migration.progress"]))
+print(*short, *long)
+"""
+
+
+def test_a_50_ms_block_on_the_main_thread_starts_no_thread_and_a_long_one_does(db: Database) -> None:
+    """In a fresh process: three 50 ms blocks on the main thread leave one thread (the main one), no alarm armed
+    and no event; a 1 s block past a 0.2 s threshold then starts the ticker (from its SIGALRM) and reports."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, ["src", os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", _THREADS_PROBE, db.url], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    threads_after_short, alarm, short_events, threads_after_long, long_events = done.stdout.split()
+    assert (threads_after_short, float(alarm), short_events) == ("1", 0.0, "0")
+    assert threads_after_long == "2" and int(long_events) >= 1
 
 
 def test_a_busy_observer_is_never_waited_for_nor_queried_inside_its_transaction(db: Database) -> None:

@@ -12,11 +12,13 @@ A 20-minute index build must not look like a hung pod. Two context managers:
   pg_dump is stalled and sends nothing.
 
 What it costs. Something has to notice that a block outlived its threshold while the
-thread that entered it is blocked inside libpq; without signals (main thread only, and a
-migration may run in a worker) that is a thread. So there is one per process: a daemon
-ticker, started the first time a block is entered and shared by every later block and
-thread. A block that ends before ``after_seconds`` costs a few uncontended locks and a
-list append (~2 µs): no thread of its own, no query, nothing to join. The observer's
+thread that entered it is blocked inside libpq. A block entered on the main thread arms a
+one-shot ``SIGALRM`` for its threshold (Python runs the handler while libpq waits, as it
+runs SIGTERM's); only when it fires does the one daemon ticker thread of the process
+start, shared by every later block and thread. A block that ends before
+``after_seconds`` costs a few uncontended locks and two ``setitimer`` calls: no thread,
+no query, nothing to join. A block entered on another thread (a fleet's worker, where
+signals cannot be handled) starts the ticker at once. The observer's
 query runs only when the block is long, only when the observer is idle (never inside
 another user's transaction, never waiting for its lock: a busy observer means no
 details on that tick), in an implicit transaction of its own with ``statement_timeout``
@@ -34,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -77,19 +80,25 @@ class _Job:
 
 
 class _Ticker:
-    """One daemon thread for the whole process, serving every active job (blocks of any thread)."""
+    """One daemon thread for the whole process, serving every active job (blocks of any thread).
+
+    The thread starts only when a job is due: a block entered on the main thread arms a one-shot
+    ``SIGALRM`` for its threshold instead (Python runs the handler on the main thread while it waits in libpq,
+    as it runs SIGTERM's), and a block that ends first disarms it, so a 50 ms migration starts no thread and
+    runs no query. A block entered on another thread (a fleet's worker) starts the thread at once."""
 
     def __init__(self) -> None:
         self._wake = threading.Condition(threading.Lock())
         self._jobs: list[_Job] = []
         self._thread: threading.Thread | None = None
+        self._alarm_installed = False
 
     def add(self, job: _Job) -> None:
         with self._wake:
             self._jobs.append(job)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="pgsluice-progress", daemon=True)
-                self._thread.start()
+            idle = self._thread is None or not self._thread.is_alive()
+            if idle and not self._arm(job.due - time.monotonic()):  # off the main thread: the thread at once
+                self._start()
             self._wake.notify()
 
     def remove(self, job: _Job) -> None:
@@ -97,6 +106,38 @@ class _Ticker:
         with self._wake:
             if job in self._jobs:
                 self._jobs.remove(job)
+            if not self._jobs and self._alarm_installed:
+                signal.setitimer(signal.ITIMER_REAL, 0)  # nothing left to watch: no thread will be needed
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pgsluice-progress", daemon=True)
+        self._thread.start()
+
+    def _arm(self, delay: float) -> bool:
+        """Arm the alarm that starts the thread in ``delay`` seconds (or sooner, if armed for sooner); False
+        when this is not the main thread (or the platform has no SIGALRM): then the caller starts the thread."""
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+            return False
+        if not self._alarm_installed:
+            signal.signal(signal.SIGALRM, self._alarm)
+            self._alarm_installed = True
+        pending, _ = signal.getitimer(signal.ITIMER_REAL)
+        delay = max(delay, 0.001)
+        if pending == 0 or delay < pending:
+            signal.setitimer(signal.ITIMER_REAL, delay)
+        return True
+
+    def _alarm(self, _signum: int, _frame: object) -> None:
+        """SIGALRM, on the main thread: a job is due, start the thread (it does the rest)."""
+        if not self._wake.acquire(blocking=False):  # the main thread was inside add/remove: try again shortly
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return
+        try:
+            if self._jobs and (self._thread is None or not self._thread.is_alive()):
+                self._start()
+                self._wake.notify()
+        finally:
+            self._wake.release()
 
     def _due(self) -> list[_Job]:
         with self._wake:
