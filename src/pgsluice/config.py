@@ -150,7 +150,7 @@ def _level(value: int | None) -> None:
         raise ValueError(f"{value} is out of range: zstd takes 1 to 19 (pg_dump >= 16), gzip 0 to 9")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)  # no repr: it would print secrets; compared by identity
 class Settings:
     """Every option, declared once: the dataclass field is the default, the flag and the variable."""
 
@@ -558,7 +558,7 @@ class CommandArgs:
     down_future: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Config(Settings):
     """Everything a run needs, validated: the settings, the command and its arguments, and derived facts."""
 
