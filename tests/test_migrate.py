@@ -488,3 +488,37 @@ def test_failure_inside_a_batch_keeps_earlier_commits_and_runs_nothing_after(db:
     assert "library.logged" not in result.names() or all(
         "s3cret" not in str(e) for e in result.events if e["event"] == "library.logged"
     )
+
+
+def test_a_failure_deep_in_a_long_file_is_located_and_nothing_of_it_stays(db: Database, mdir: Path) -> None:
+    """3,000 INSERTs with a duplicate key at the 2,500th (the pipeline is synced every 1,000 statements, inside the
+    one transaction): exit 7 naming that line, no row of the file left, the migration before it committed."""
+    rows = [f"INSERT INTO seed VALUES ({n});" for n in range(1, 3001)]
+    rows[2499] = "INSERT INTO seed VALUES (1);"  # line 2502 of the file: two lines come before the rows
+    write_migrations(
+        mdir,
+        {
+            "001_table.sql": "CREATE TABLE seed (id int PRIMARY KEY);\n",
+            "002_rows.sql": "-- seed data\n\n" + "\n".join(rows) + "\n",
+        },
+    )
+    result = run_cli("migrate", url=db.url, migrations=mdir)
+    assert result.returncode == 7, result.stderr
+    assert (result.finished["file"], result.finished["line"], result.finished["sqlstate"]) == (
+        "002_rows.sql",
+        2502,
+        "23505",
+    )
+    assert db.scalar("SELECT count(*) FROM seed") == 0
+    assert db.history() == [(1, "table", "applied")]
+    write_migrations(
+        mdir,
+        {
+            "002_rows.sql": "-- seed data\n\n"
+            + "\n".join(f"INSERT INTO seed VALUES ({n});" for n in range(1, 3001))
+            + "\n"
+        },
+    )
+    again = run_cli("migrate", url=db.url, migrations=mdir)
+    assert again.returncode == 0, again.stderr
+    assert db.scalar("SELECT count(*) FROM seed") == 3000

@@ -21,6 +21,7 @@ backoff (tenacity), so DDL never waits in the lock queue in front of traffic.
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,6 +66,10 @@ RETRYABLE_SQLSTATES = ("55P03", "40P01")  # lock_not_available, deadlock_detecte
 CONNECTION_LOST_SQLSTATES = ("57P01", "57P02", "57P03")  # admin/crash shutdown, cannot connect now
 MAX_RETRY_DELAY_SECONDS = 30.0
 COPY_CHUNK = 1024 * 1024
+FREEZE_AFTER_STATEMENTS = 50_000
+STATEMENTS_PER_SYNC = 1000
+"""A pipeline is synced every this many statements of one migration (inside its transaction): the cursors kept to
+locate a failure stay bounded for a file of 400,000 INSERTs, at one more round trip per thousand statements."""
 
 
 class Direction(StrEnum):
@@ -337,8 +342,16 @@ class _SentMigration:
         return self.unit.migration
 
 
-def _send(conn: psycopg.Connection[Any], sent: _SentMigration, config: Config, *, reset: bool) -> None:
-    """Send one migration's commands: BEGIN, timeouts, statements, history row, COMMIT."""
+def _send(
+    conn: psycopg.Connection[Any],
+    sent: _SentMigration,
+    config: Config,
+    *,
+    reset: bool,
+    pipe: psycopg.Pipeline | None = None,
+) -> None:
+    """Send one migration's commands: BEGIN, timeouts, statements, history row, COMMIT. In a pipeline, every
+    ``STATEMENTS_PER_SYNC`` statements are synced (raising the first error among them) and forgotten."""
     migration = sent.migration
     analysis = migration.analysis
     for query in (analysis.begin_sql or "BEGIN", _timeouts(config, local=True)):
@@ -350,6 +363,9 @@ def _send(conn: psycopg.Connection[Any], sent: _SentMigration, config: Config, *
         cur = conn.cursor()
         sent.statements.append((step, cur))  # listed before it is sent: it may fail while it is sent
         _run(cur, migration, step)
+        if pipe is not None and len(sent.statements) >= STATEMENTS_PER_SYNC:
+            pipe.sync()  # these succeeded (or the first failure is raised, its cursor still listed)
+            sent.statements.clear()
     if not analysis.session_neutral:
         # A migration may have SET ROLE to a role that cannot write the history.
         conn.execute("SET SESSION AUTHORIZATION DEFAULT")
@@ -484,10 +500,11 @@ class _Applier:
         sent: list[_SentMigration] = []
         failure: BaseException | None = None
         try:
-            with self.watch(batch), self.conn.pipeline() if _pipelined(batch[0]) else contextlib.nullcontext():
+            pipelined = self.conn.pipeline() if _pipelined(batch[0]) else contextlib.nullcontext()
+            with self.watch(batch), pipelined as pipe:
                 for unit in batch:
                     sent.append(_SentMigration(unit))  # listed before it is sent: an earlier error surfaces
-                    _send(self.conn, sent[-1], self.config, reset=not self.pooled)
+                    _send(self.conn, sent[-1], self.config, reset=not self.pooled, pipe=pipe)
         except BaseException as exc:  # noqa: BLE001 - a psycopg error, or Interrupted: re-raised below, once the commits are counted
             failure = exc
         for done in sent:
@@ -670,6 +687,11 @@ def apply_plan(
     of pgsluice's own (the lock's) that migration.progress reads pg_stat_activity and the progress views on."""
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+    if sum(len(u.migration.analysis.steps) for u in units) > FREEZE_AFTER_STATEMENTS:
+        # Hundreds of thousands of parsed statements are alive until the end: the collector's full passes would
+        # walk them again and again while the apply allocates a cursor per statement (20 MB of INSERTs: apply
+        # 13.3 s -> 7.3 s). They are never garbage before the run ends; freezing keeps them out of those passes.
+        gc.freeze()
     applier = _Applier(conn, config, report, on_applied, guard=guard, pooled=pooled, observer=observer)
     queue = list(units)
     while queue:
