@@ -63,7 +63,10 @@ RUN set -eux; export DEBIAN_FRONTEND=noninteractive; apt-get update; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/* /usr/share/doc/* /usr/share/man/*; \
     # No pip in the final image (the python:slim base ships one).
     rm -rf /usr/local/lib/python3*/site-packages/pip* /usr/local/bin/pip* /usr/share/python-wheels; \
-    useradd --system --uid 10001 --user-group --home-dir /tmp --no-create-home --shell /usr/sbin/nologin pgsluice
+    # The group first, with the uid's number: `useradd --user-group` would give it a system GID
+    # (999) and leave 10001, the GID the image and the chart run as, without a name.
+    groupadd --system --gid 10001 pgsluice; \
+    useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin pgsluice
 COPY --from=pgclient /out/bin/ /usr/local/bin/
 COPY --from=pgclient /out/libpq.so.5* /usr/local/lib/pgsluice/
 COPY --from=build /opt/venv /opt/venv

@@ -504,3 +504,169 @@ def test_failure_after_a_backup_names_the_backup_in_the_termination_message(
     message = term.read_text()
     assert message.startswith("migration 002_bad.sql failed")
     assert message.rstrip().endswith(f"[backup taken before applying: {backup['object']}]")
+
+
+# The backup target is checked when the run starts: written to, before the wait for the database.
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody can write into: mode 555 for a user; for root, whom modes do not stop, a read-only tmpfs."""
+    import os
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "pgsluice-test", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"running as root, where mode 555 does not stop writes, and mount failed: {mounted.stderr}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+NOBODY_PASSWORD = "nobody-Pa55-q7Zk"
+
+
+def _migrate_without_a_database(mdir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    """migrate with pending work against a port where nothing listens: the wait would take 60 s."""
+    write_migrations(mdir, SCHEMA)
+    nobody = f"postgresql://u:{NOBODY_PASSWORD}@127.0.0.1:{free_port()}/app"
+    return run_cli("migrate", *args, "--wait-timeout", "60", url=nobody, migrations=mdir, env=env, timeout=30)
+
+
+def _assert_folder_refused_before_waiting(result: Result, folder: Path) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.finished["reason"].startswith(f"--backup-url file://{folder}: cannot write a backup into {folder}: ")
+    assert not {"wait.retry_scheduled", "db.connected"} & set(result.names())  # it never tried the database
+    assert_no_secret(result.output, secrets=(NOBODY_PASSWORD,))
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["the folder", "a folder below it"])
+def test_read_only_backup_folder_is_exit_2_before_waiting(mdir: Path, read_only_folder: Path, below: bool) -> None:
+    """A file:// folder that refuses new files is a configuration error (exit 2, permanent), found before the
+    database is tried, not exit 8 (transient, retried by the Job) after the wait and the lock."""
+    with pytest.raises(OSError, match=r"Read-only file system|Permission denied"):  # the folder is real, also to root
+        (read_only_folder / "probe").write_bytes(b"")
+    folder = read_only_folder / "backups" if below else read_only_folder
+    _assert_folder_refused_before_waiting(_migrate_without_a_database(mdir, "--backup-url", f"file://{folder}"), folder)
+    assert list(read_only_folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["a file", "a folder below a file"])
+def test_file_where_the_backup_folder_should_be_is_exit_2_before_waiting(
+    mdir: Path, tmp_path: Path, below: bool
+) -> None:
+    """A file where the folder should be (also for root): exit 2 before the wait, the file untouched."""
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("keep")
+    folder = a_file / "backups" if below else a_file
+    _assert_folder_refused_before_waiting(_migrate_without_a_database(mdir, "--backup-url", f"file://{folder}"), folder)
+    assert a_file.read_text() == "keep"
+
+
+def test_writable_backup_folder_is_checked_and_left_as_it_was(db: Database, mdir: Path, tmp_path: Path) -> None:
+    """The check leaves no marker: after a backup the folder holds the dump and its manifest, nothing else."""
+    write_migrations(mdir, SCHEMA)
+    result = run_cli("migrate", "--backup-url", f"file://{tmp_path}/bk", url=db.url, migrations=mdir)
+    assert result.returncode == 0, result.stderr
+    assert "config.warning" not in result.names()
+    files = sorted(p.name.rsplit("_", 1)[1] for p in (tmp_path / "bk").rglob("*") if p.is_file())
+    assert files == ["0-to-1.dump", "0-to-1.manifest.json"]
+
+
+@pytest.mark.parametrize("store", ["s3", "az"])
+def test_missing_bucket_or_container_is_exit_2_before_waiting(
+    request: pytest.FixtureRequest, mdir: Path, store: str
+) -> None:
+    """A bucket (moto's S3) or container (Azurite) that does not exist: exit 2 before the wait, no secret printed."""
+    server = request.getfixturevalue(f"{store}_server")
+    env = server.env()
+    url = f"{store}://missing-{secrets.token_hex(4)}/pgsluice"
+    result = _migrate_without_a_database(mdir, "--backup-url", url, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.finished["reason"].startswith(f"--backup-url {url}: the bucket or container does not exist ("), (
+        result.finished["reason"]
+    )
+    assert not {"wait.retry_scheduled", "db.connected"} & set(result.names())
+    secret = env.get("AWS_SECRET_ACCESS_KEY") or env["AZURE_STORAGE_ACCOUNT_KEY"]
+    assert secret not in result.output
+
+
+def test_bucket_check_leaves_no_marker(db: Database, mdir: Path, s3_server: Any) -> None:
+    """On a writable bucket the marker is written and removed: the bucket holds the backup, nothing else."""
+    bucket = f"b-{secrets.token_hex(4)}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    write_migrations(mdir, SCHEMA)
+    url = f"s3://{bucket}/p"
+    result = run_cli("migrate", "--backup-url", url, url=db.url, migrations=mdir, env=s3_server.env())
+    assert result.returncode == 0, result.stderr
+    assert "config.warning" not in result.names()
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert [k.rsplit("_", 1)[1] for k in sorted(keys)] == ["0-to-1.dump", "0-to-1.manifest.json"]
+
+
+def _answering(status: int) -> type[http.server.BaseHTTPRequestHandler]:
+    """A handler that answers every request with ``status`` and S3's error body for it."""
+    code = {403: "AccessDenied", 503: "SlowDown"}[status]
+    body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code}</Message></Error>'
+
+    class Handler(_Always500):
+        def _fail(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body.encode())
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _fail  # noqa: N815 - http.server's method names
+
+    return Handler
+
+
+def test_store_refusing_the_credentials_is_exit_2_before_waiting(mdir: Path, s3_server: Any) -> None:
+    """An S3 endpoint that answers 403 AccessDenied to the check's PUT: exit 2 before the wait."""
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _answering(403)) as denying:
+        threading.Thread(target=denying.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{denying.server_address[1]}"
+        result = _migrate_without_a_database(
+            mdir, "--backup-url", "s3://locked/p", "--backup-endpoint", endpoint, env=s3_server.env()
+        )
+        denying.shutdown()
+    assert result.returncode == 2, result.stderr
+    assert result.finished["reason"].startswith("--backup-url s3://locked/p: the store refused to write s3://locked/p/")
+    assert not {"wait.retry_scheduled", "db.connected"} & set(result.names())
+    assert SECRET_KEY not in result.output
+
+
+def test_store_failing_at_start_is_a_warning_and_the_backup_decides(db: Database, mdir: Path, s3_server: Any) -> None:
+    """503 to the check is no reason to stop: a warning, the wait and the plan, then the backup fails (exit 8)."""
+    write_migrations(mdir, SCHEMA)
+    env = {**s3_server.env(), "PGSLUICE_BACKUP_RETRIES": "0"}
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _answering(503)) as busy:
+        threading.Thread(target=busy.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{busy.server_address[1]}"
+        args = ("--backup-url", "s3://busy/p", "--backup-endpoint", endpoint)
+        result = run_cli("migrate", *args, url=db.url, migrations=mdir, env=env, timeout=90)
+        busy.shutdown()
+    assert result.returncode == 8, result.stderr
+    warning = result.event("config.warning")["warning"]
+    assert warning.startswith("backup target s3://busy/p not checked at start: "), warning
+    names = result.names()
+    assert names.index("config.warning") < names.index("db.connected") < names.index("backup.started")
+    assert db.scalar("SELECT to_regclass('users') IS NULL") is True
+    assert SECRET_KEY not in result.output

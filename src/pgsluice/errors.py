@@ -33,6 +33,7 @@ class ExitCode(IntEnum):
 
 
 PERMANENT: tuple[ExitCode, ...] = (
+    ExitCode.INTERNAL,
     ExitCode.USAGE,
     ExitCode.AUTH,
     ExitCode.INCONSISTENT,
@@ -40,7 +41,13 @@ PERMANENT: tuple[ExitCode, ...] = (
     ExitCode.UNSAFE,
     ExitCode.CANARY_FAILED,
 )
-"""Failures a retry of the same Job cannot heal: fail the Job at once."""
+"""Failures a retry of the same Job cannot heal: fail the Job at once.
+
+An internal error (1) is one of them: every failure that may heal by itself (the database,
+the lock, the backup store) has its own code, so 1 is a bug, which the same input meets
+again: a retry would only wait, lock and dump the database once more before failing the same
+way. The traceback is in the failed pod's log.
+"""
 
 TRANSIENT: tuple[ExitCode, ...] = (ExitCode.UNREACHABLE, ExitCode.LOCK_TIMEOUT, ExitCode.BACKUP_FAILED)
 """Failures that may heal by themselves: the Job retries them, up to its backoffLimit."""

@@ -363,15 +363,27 @@ def run_down(config: Config, report: Report) -> ExitCode:
 
 @contextmanager
 def _pg_dump_ahead(config: Config) -> Iterator[ClientTool | None]:
-    """pg_dump found and asked its version before the wait (pgtools.ClientTool); None without a backup target."""
+    """pg_dump found and asked its version, and the backup target written to, before the wait; None without a
+    backup target."""
     if config.backup_url is None:
         yield None
         return
     from pgsluice.pgtools import ClientTool
 
     with ClientTool(config.pg_dump) as pg_dump:
+        _check_backup_target(config)  # while `pg_dump --version` runs
         pg_dump.check_compression_level(config.backup_compression_level)
         yield pg_dump
+
+
+def _check_backup_target(config: Config) -> None:
+    """A backup target that cannot take a backup is exit 2 now, not exit 8 (retried) after the wait and the lock;
+    one the check could not reach is a warning: the backup tries again."""
+    from pgsluice.storage import check_writable
+
+    warning = check_writable(config)
+    if warning is not None:
+        log.warning(Event.CONFIG_WARNING, warning=warning)
 
 
 def backup_step(

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.cli import assert_no_secret, parse_events, poll, write_migrations
 from tests.support.databases import LONG, Database, sleeping_pid
+from tests.support.pgserver import free_port
 from tests.support.s3server import SECRET_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -41,15 +42,19 @@ def finish(container: Any, timeout: int = 120) -> tuple[int, str]:
 def test_image_applies_migrations_as_non_root_with_read_only_root(
     docker_client: Any, pgsluice_image: str, db: Database
 ) -> None:
-    """The baked-in migrations apply and exit 0; uid 10001; the root filesystem is read-only."""
+    """The baked-in migrations apply and exit 0; uid and gid 10001, both named; the root filesystem is read-only."""
     code, logs = finish(run(docker_client, pgsluice_image, db.url, None))
     assert code == 0, logs
     assert parse_events(logs)[-1]["applied"] == [1, 2, 3, 4, 5]
     assert db.history()[-1] == (5, "index_users_created_at", "applied")
+    script = (
+        "id -u; id -un; id -g; id -gn; getent group 10001;"
+        " touch /probe 2>/dev/null && echo writable || echo read-only; touch /tmp/ok && echo tmp-ok"
+    )
     out = (
         docker_client.containers.run(
             pgsluice_image,
-            ["-c", "id -u; touch /probe 2>/dev/null && echo writable || echo read-only; touch /tmp/ok && echo tmp-ok"],
+            ["-c", script],
             entrypoint="sh",
             read_only=True,
             tmpfs={"/tmp": ""},
@@ -59,7 +64,8 @@ def test_image_applies_migrations_as_non_root_with_read_only_root(
         .decode()
         .split()
     )
-    assert out == ["10001", "read-only", "tmp-ok"]
+    # The group has a name (useradd --user-group would have named GID 999 and left 10001 nameless).
+    assert out == ["10001", "pgsluice", "10001", "pgsluice", "pgsluice:x:10001:", "read-only", "tmp-ok"]
 
 
 def test_image_pg_dump_is_at_least_the_server_major(docker_client: Any, pgsluice_image: str, db: Database) -> None:
@@ -196,3 +202,16 @@ def test_image_restore_of_a_corrupt_object_commits_nothing(
 
     with psycopg.connect(target_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+def test_backup_folder_on_the_read_only_root_is_exit_2_before_waiting(docker_client: Any, pgsluice_image: str) -> None:
+    """A file:// target with no volume mounted there is on the read-only root: exit 2 at start (the Job fails at
+    once), before the 60 s wait for a database nobody runs, with the reason in the logs."""
+    nobody = f"postgresql://u:pw@127.0.0.1:{free_port()}/app"
+    env = {"PGSLUICE_BACKUP_URL": "file:///backups", "PGSLUICE_WAIT_TIMEOUT": "60"}
+    code, logs = finish(run(docker_client, pgsluice_image, nobody, None, environment=env), timeout=30)
+    assert code == 2, logs
+    finished = parse_events(logs)[-1]
+    assert finished["reason"].startswith("--backup-url file:///backups: cannot write a backup into /backups: ")
+    assert "Read-only file system" in finished["reason"]
+    assert not {"wait.retry_scheduled", "db.connected"} & {e["event"] for e in parse_events(logs)}

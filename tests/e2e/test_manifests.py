@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pgsluice.errors import PERMANENT, TRANSIENT
+from pgsluice.errors import PERMANENT, TRANSIENT, ExitCode
 from tests.support.cli import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -24,6 +25,8 @@ TRANSIENT_CODES = sorted(int(code) for code in TRANSIENT)
 # Every values file in ci/ is linted, rendered in both modes, and validated.
 CI_VALUES = sorted(path.name.removesuffix("-values.yaml") for path in (CHART / "ci").glob("*-values.yaml"))
 KUSTOMIZATIONS = sorted(path.parent for path in K8S.rglob("kustomization.yaml"))
+# Mode job: the Job is named after a hash of its spec, not after the release revision.
+HASHED_JOB_NAME = re.compile(r"^rel-pgsluice-migrate-[0-9a-f]{10}$")
 
 
 def validate(doc: dict[str, Any]) -> None:
@@ -116,7 +119,7 @@ def assert_job_safety(job: dict[str, Any]) -> None:
     else:
         assert 0 <= spec["backoffLimit"] <= 5
     assert spec["activeDeadlineSeconds"] > 0
-    assert spec["ttlSecondsAfterFinished"] > 0
+    assert spec.get("ttlSecondsAfterFinished", 1) > 0  # absent: job.ttlSecondsAfterFinished null (Argo CD, mode job)
     assert_exit_codes_match_errors(job)
     assert_job_api_rules(job)
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
@@ -153,7 +156,7 @@ def pod_failure_policy_jobs(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_ci_values_cover_every_mode_and_feature() -> None:
     """The parametrized tests below run over these files: keep the features covered."""
-    assert {"hook", "job", "backup", "rollback", "fleet", "unsafe"} <= set(CI_VALUES)
+    assert {"hook", "job", "backup", "rollback", "fleet", "unsafe", "argocd"} <= set(CI_VALUES)
 
 
 @pytest.mark.parametrize("values", CI_VALUES)
@@ -219,6 +222,7 @@ def test_hook_mode_renders_a_valid_safe_hook_job(helm: str) -> None:
     assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation"
     assert annotations["helm.sh/hook-weight"] == "-5"
     assert job["metadata"]["name"] == "rel-pgsluice-migrate"
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
     assert_job_safety(job)
     env = env_of(job)
     assert env["DATABASE_URL"] == {"secretKeyRef": {"name": "app-database", "key": "DATABASE_URL"}}
@@ -235,13 +239,13 @@ def test_hook_mode_renders_a_valid_safe_hook_job(helm: str) -> None:
     assert image == "pgsluice:0.1.0"
 
 
-def test_job_mode_is_a_plain_job_per_revision(helm: str) -> None:
-    """No hook annotations; the name carries the revision; extra annotations pass through."""
+def test_job_mode_is_a_plain_job_named_after_its_spec(helm: str) -> None:
+    """No hook annotations; the name carries a hash of the spec; extra annotations pass through."""
     job = the_job(render(helm, "-f", str(CHART / "ci" / "job-values.yaml")))
     validate(job)
     assert not any(k.startswith("helm.sh/hook") for k in job["metadata"]["annotations"])
     assert job["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
-    assert job["metadata"]["name"] == "rel-pgsluice-migrate-1"
+    assert HASHED_JOB_NAME.match(job["metadata"]["name"]), job["metadata"]["name"]
     assert_job_safety(job)
 
 
@@ -391,10 +395,8 @@ def test_rollback_hook_is_not_rendered_in_job_mode_or_by_default(helm: str) -> N
     """A plain Job per revision has no Helm hooks: mode job renders the migrate Job only."""
     for args in (["-f", ci_values("rollback"), "--set", "mode=job"], ["-f", ci_values("hook")]):
         docs = render(helm, *args)
-        assert [job["metadata"]["name"] for job in jobs_of(docs)] in (
-            ["rel-pgsluice-migrate"],
-            ["rel-pgsluice-migrate-1"],
-        )
+        names = [job["metadata"]["name"] for job in jobs_of(docs)]
+        assert names == ["rel-pgsluice-migrate"] or (len(names) == 1 and HASHED_JOB_NAME.match(names[0])), names
         assert not any("pre-rollback" in str(d["metadata"].get("annotations")) for d in docs)
 
 
@@ -461,7 +463,7 @@ def test_fleet_targets_config_map_follows_the_job_in_job_mode(helm: str) -> None
     docs = render(helm, "-f", ci_values("job"), "-f", ci_values("fleet"), "--set", "mode=job")
     (targets,) = [d for d in docs if d["kind"] == "ConfigMap"]
     assert targets["metadata"]["annotations"] == {"argocd.argoproj.io/sync-wave": "-1"}
-    assert the_job(docs)["metadata"]["name"] == "rel-pgsluice-migrate-1"
+    assert HASHED_JOB_NAME.match(the_job(docs)["metadata"]["name"])
 
 
 def test_new_settings_are_passed_as_environment(helm: str) -> None:
@@ -502,3 +504,244 @@ def test_values_schema_is_valid_json_schema() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+
+
+# GitOps: mode job named after what it runs, Argo CD's hooks, timeouts, resources, pinned images.
+
+
+def job_name(helm: str, *args: str) -> str:
+    """The migrate Job's name, rendered in mode job with ``args``."""
+    return str(the_job(render(helm, "--set", "existingSecret=s", "--set", "mode=job", *args))["metadata"]["name"])
+
+
+def test_job_mode_name_changes_with_what_the_job_runs_and_only_then(helm: str) -> None:
+    """helm template (Argo CD) always renders revision 1: the name comes from the spec, so a new image is a new Job
+    (no "field is immutable") and the same inputs are the same Job."""
+    v1 = job_name(helm, "--set", "image.tag=0.1.0")
+    assert HASHED_JOB_NAME.match(v1), v1
+    assert job_name(helm, "--set", "image.tag=0.1.0") == v1
+    assert job_name(helm, "--set", "image.tag=0.1.0", "--set", "hook.weight=-9") == v1  # not in the spec
+    assert job_name(helm, "--set", "image.tag=0.1.0", "--set", "job.annotations.team=db") == v1
+    changed = {
+        "image": job_name(helm, "--set", "image.tag=0.2.0"),
+        "digest": job_name(helm, "--set", "image.tag=0.1.0", "--set", f"image.digest=sha256:{'a' * 64}"),
+        "migrations": job_name(helm, "--set", "image.tag=0.1.0", "--set", "migrations.checksum=abc123"),
+        "configMap": job_name(helm, "--set", "image.tag=0.1.0", "--set", "migrations.configMap=app-migrations-v2"),
+        "setting": job_name(helm, "--set", "image.tag=0.1.0", "--set", "settings.lockTimeout=90s"),
+    }
+    assert len({v1, *changed.values()}) == 1 + len(changed), changed
+
+
+def test_job_mode_name_follows_the_fleet_targets(helm: str) -> None:
+    """A fleet's targets are read by the pod, not part of its spec: their checksum annotation renames the Job."""
+    base = ("-f", ci_values("fleet"))
+    job = the_job(render(helm, *base, "--set", "mode=job"))
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/targets"])
+    assert job_name(helm, *base) == job_name(helm, *base)
+    assert job_name(helm, *base, "--set", "fleet.targets={tenant_1,tenant_2,tenant_3}") != job_name(helm, *base)
+
+
+def test_job_mode_name_stays_within_the_label_limit(helm: str) -> None:
+    """Kubernetes puts the Job's name in a label of its pods (63 characters): a long release name is truncated."""
+    long_release = "app-" + "x" * 49  # the longest Helm accepts: 53 characters
+    out = subprocess.run(
+        [helm, "template", long_release, str(CHART), "--set", "existingSecret=s", "--set", "mode=job"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (job,) = jobs_of([d for d in yaml.safe_load_all(out) if d])
+    validate(job)
+    name = job["metadata"]["name"]
+    assert len(name) <= 63 and re.fullmatch(r"[a-z0-9-]+-[0-9a-f]{10}", name), name
+
+
+@pytest.mark.parametrize("mode", ["job", "hook"])
+def test_argocd_hook_option_adds_argo_cd_presync_annotations(helm: str, mode: str) -> None:
+    """argocd.hook: a PreSync hook with its delete policy and hook.weight as the sync wave, in both modes (Argo CD
+    then ignores the Helm hook annotations, Helm ignores Argo CD's); digest and checksum reach the pod."""
+    job = the_job(render(helm, "-f", ci_values("argocd"), "--set", f"mode={mode}"))
+    validate(job)
+    assert_job_safety(job)
+    annotations = job["metadata"]["annotations"]
+    argocd = {k: v for k, v in annotations.items() if k.startswith("argocd.argoproj.io/")}
+    assert argocd == {
+        "argocd.argoproj.io/hook": "PreSync",
+        "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation,HookSucceeded",
+        "argocd.argoproj.io/sync-wave": "-5",
+    }
+    helm_hooks = {k for k in annotations if k.startswith("helm.sh/hook")}
+    assert helm_hooks == (
+        {"helm.sh/hook", "helm.sh/hook-weight", "helm.sh/hook-delete-policy"} if mode == "hook" else set()
+    )
+    assert "ttlSecondsAfterFinished" not in job["spec"]  # job.ttlSecondsAfterFinished: null
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {"checksum/migrations": "9e107d9d372bb6826bd81d3542a419d6"}
+    digest = "sha256:4f2a9c0e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a19"
+    assert pod["spec"]["containers"][0]["image"] == f"registry.example.com/pgsluice:0.1.0@{digest}"
+
+
+def test_argocd_hook_option_off_by_default_and_its_sync_wave_yields_to_job_annotations(helm: str) -> None:
+    """No Argo CD annotation unless asked; job.annotations' own sync wave is the only one (no duplicate key)."""
+    for values in CI_VALUES:
+        if values != "argocd":
+            for job in jobs_of(render(helm, "-f", ci_values(values))):
+                assert "argocd.argoproj.io/hook" not in (job["metadata"].get("annotations") or {})
+    docs = render(helm, "-f", ci_values("job"), "-f", ci_values("fleet"), "--set", "mode=job,argocd.hook=true")
+    job = the_job(docs)
+    (targets,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    # The fleet's targets: a PreSync hook too, so it exists when the Job starts.
+    assert targets["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    docs = render(helm, "-f", ci_values("fleet"), "--set", "argocd.hook=true")
+    (targets,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert targets["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-6"  # one wave before the Job
+
+
+def render_notes(helm: str, tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as helm install prints it, rendered offline: the same text, included into a ConfigMap of a copy
+    of the chart (helm template leaves NOTES out, and helm install --dry-run wants a cluster)."""
+    chart = tmp_path / "pgsluice"
+    shutil.copytree(CHART, chart)
+    notes = chart / "templates" / "NOTES.txt"
+    (chart / "templates" / "_notes.tpl").write_text(
+        '{{- define "test.notes" -}}\n' + notes.read_text() + "\n{{- end -}}\n"
+    )
+    notes.unlink()
+    configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
+    (chart / "templates" / "notes.yaml").write_text(configmap + '  notes: {{ include "test.notes" . | quote }}\n')
+    out = subprocess.run(
+        [helm, "template", "rel", str(chart), "--namespace", "apps", "--show-only", "templates/notes.yaml", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return str(yaml.safe_load(out)["data"]["notes"])
+
+
+def seconds(duration: str) -> float:
+    """A duration of the values (60, 60s, 500ms, 5m, 2h, 1d) in seconds."""
+    number, unit = re.fullmatch(r"([0-9.]+)(ms|s|m|h|d)?", duration).groups()  # type: ignore[union-attr]
+    return float(number) * {None: 1, "s": 1, "ms": 0.001, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+HELM_DEFAULT_TIMEOUT = 300  # helm --timeout, and Flux's HelmRelease spec.timeout
+
+
+def test_default_deadline_fits_helm_default_timeout_and_the_waits_fit_the_deadline(helm: str) -> None:
+    """Out of the box, Helm does not give up on a hook still running, and pgsluice's own waits end before the
+    deadline (exit 3 or 5 with a reason, not DeadlineExceeded)."""
+    for values in CI_VALUES:
+        for job in jobs_of(render(helm, "-f", ci_values(values))):
+            spec = job["spec"]
+            grace = spec["template"]["spec"]["terminationGracePeriodSeconds"]
+            assert spec["activeDeadlineSeconds"] + grace < HELM_DEFAULT_TIMEOUT, values
+            env = env_of(job)
+            waits = seconds(env["PGSLUICE_WAIT_TIMEOUT"]) + seconds(env["PGSLUICE_LOCK_TIMEOUT"])
+            assert waits < spec["activeDeadlineSeconds"], values
+
+
+def test_notes_print_the_timeout_rule_and_warn_when_values_break_it(helm: str, tmp_path: Path) -> None:
+    """NOTES: the rule with the numbers; a warning with the --timeout to pass once the deadline is raised alone, and
+    one when the waits outlast the deadline; none with the defaults."""
+    default = render_notes(helm, tmp_path / "a", "--set", "existingSecret=s")
+    flat = " ".join(default.split())
+    assert "the Job may run 240s (job.activeDeadlineSeconds), then take up to 30s to stop" in flat
+    assert "(job.terminationGracePeriodSeconds): 270s in all" in flat
+    assert "raise both together" in default
+    assert "WARNING: 270s" not in default and "settings.waitTimeout" not in default
+    raised = render_notes(helm, tmp_path / "b", "--set", "existingSecret=s", "--set", "job.activeDeadlineSeconds=900")
+    assert "WARNING: 930s is not below Helm's default --timeout of 5m: pass --timeout 990s" in " ".join(raised.split())
+    slow = render_notes(helm, tmp_path / "c", "--set", "existingSecret=s", "--set", "settings.lockTimeout=5m")
+    assert "WARNING: settings.waitTimeout + settings.lockTimeout (360s) are not below" in " ".join(slow.split())
+
+
+def test_notes_name_the_job_that_mode_job_renders(helm: str, tmp_path: Path) -> None:
+    """The kubectl wait line in NOTES names the hashed Job, and waits for its deadline and grace period."""
+    notes = render_notes(helm, tmp_path, "--set", "existingSecret=s", "--set", "mode=job")
+    name = job_name(helm)
+    assert f"--timeout=300s job/{name}" in notes
+
+
+def test_internal_error_fails_the_job_at_once() -> None:
+    """Exit 1 is a bug that a retry meets again: permanent, in the chart's defaults and k8s/ (checked above)."""
+    assert ExitCode.INTERNAL in PERMANENT and ExitCode.INTERNAL not in TRANSIENT
+    assert 1 in yaml.safe_load((CHART / "values.yaml").read_text())["podFailurePolicy"]["permanentExitCodes"]
+
+
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity (Mi, Gi) in MiB."""
+    number, unit = re.fullmatch(r"([0-9]+)(Mi|Gi)", quantity).groups()  # type: ignore[union-attr]
+    return float(number) * {"Mi": 1, "Gi": 1024}[unit]
+
+
+def test_memory_request_covers_the_documented_backup_peak() -> None:
+    """The request is at least the README's peak during a backup (under 200 MiB), the limit above it; the values
+    comment explains it from the current upload shape (no 16 MiB parts any more)."""
+    from pgsluice.backup import IN_FLIGHT_BUDGET, MAX_PART, MIN_PART
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "peak memory stays under 200 MiB" in readme
+    resources = yaml.safe_load((CHART / "values.yaml").read_text())["resources"]
+    request, limit = mebibytes(resources["requests"]["memory"]), mebibytes(resources["limits"]["memory"])
+    assert 200 <= request <= limit
+    text = (CHART / "values.yaml").read_text()
+    comment = " ".join(text[: text.index("\nresources:")].rsplit("\n\n", 1)[1].replace("#", " ").split())
+    assert "under 200 MiB" in comment and "16 MiB" not in comment
+    assert f"{IN_FLIGHT_BUDGET >> 20} MiB" in comment
+    assert f"{MIN_PART >> 20} to" in comment and f"{MAX_PART >> 20} MiB" in comment
+
+
+def test_image_digest_pins_the_image_and_is_checked(helm: str) -> None:
+    """image.digest: repository:tag@digest; anything but sha256:<64 hex> is refused."""
+    digest = f"sha256:{'0123456789abcdef' * 4}"
+    job = the_job(render(helm, "-f", ci_values("hook"), "--set", f"image.digest={digest}"))
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"pgsluice:0.1.0@{digest}"
+    proc = subprocess.run(
+        [helm, "template", "rel", str(CHART), "--set", "existingSecret=s", "--set", "image.digest=latest"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0 and "digest" in proc.stderr
+
+
+def k8s_images(docs: list[dict[str, Any]]) -> list[str]:
+    """The image of every container and init container in these manifests."""
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Job", "Deployment")]
+    return [c["image"] for pod in pods for c in pod.get("initContainers", []) + pod["containers"]]
+
+
+def test_k8s_images_are_pinned() -> None:
+    """Every image under k8s/ has a tag other than latest (or a digest), as written and as kustomize builds it."""
+    docs = [
+        doc
+        for path in sorted(K8S.rglob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    images = k8s_images(docs)
+    assert len(images) >= 3  # the Job, the fleet's Job, the Deployment's init container (and its app)
+    pgsluice = [i for i in images if i.split("@")[0].split(":")[0] == "pgsluice"]
+    assert pgsluice == ["pgsluice:0.1.0"] * 3, images
+    for image in images:
+        name = image.split("@")[0].rsplit("/", 1)[-1]
+        assert ":" in name and not name.endswith(":latest"), image
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        for folder in KUSTOMIZATIONS:
+            out = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True).stdout
+            built = [i for i in k8s_images([d for d in yaml.safe_load_all(out) if d]) if i.startswith("pgsluice")]
+            assert built and set(built) == {"pgsluice:0.1.0"}, folder
+
+
+def test_chart_readme_has_a_gitops_section() -> None:
+    """Argo CD (PreSync hook or mode job), Flux and kubectl apply -k, in one section of the chart README."""
+    readme = (CHART / "README.md").read_text()
+    section = readme[readme.index("\n## GitOps\n") :]
+    section = section[: section.index("\n## ", 1)]
+    for needle in ("Argo CD", "PreSync", "argocd.hook", "mode `job`", "Flux", "spec.timeout", "kubectl apply -k"):
+        assert needle in section, needle

@@ -26,6 +26,62 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{ include "pgsluice.componentLabels" (dict "root" . "component" "migration") }}
 {{- end -}}
 
+{{/*
+The image reference: repository:tag, and @digest after it when image.digest is set (the
+digest decides what runs; the tag stays for people reading `kubectl get pods`).
+*/}}
+{{- define "pgsluice.image" -}}
+{{- $ref := printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- if .Values.image.digest -}}
+{{- $ref = printf "%s@%s" $ref .Values.image.digest -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{/*
+The migrate Job's name. Mode hook: one stable name (Helm deletes the previous Job first).
+Mode job: named after what the Job runs - a short hash of its whole rendered spec (the image
+reference and digest, the migrations ConfigMap and migrations.checksum, the fleet's targets,
+every setting) - so the same inputs give the same name, and anything that changes the
+(immutable) pod template gives a new Job instead of "field is immutable". Not the release
+revision: `helm template`, which Argo CD renders with, always says 1. At most 63 characters
+(the job-name label Kubernetes puts on its pods).
+*/}}
+{{- define "pgsluice.migrateJobName" -}}
+{{- $base := printf "%s-migrate" (include "pgsluice.fullname" .) -}}
+{{- if eq .Values.mode "hook" -}}
+{{- $base -}}
+{{- else -}}
+{{- printf "%s-%s" ($base | trunc 52 | trimSuffix "-") (include "pgsluice.migrateJobSpec" . | sha256sum | trunc 10) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Argo CD's own hook annotations (argocd.hook): a PreSync hook, its delete policy, and a sync
+wave (job.annotations' own wins). Call with (dict "root" $ "weight" N).
+*/}}
+{{- define "pgsluice.argocdHook" -}}
+{{- $v := .root.Values -}}
+{{- if $v.argocd.hook }}
+argocd.argoproj.io/hook: PreSync
+argocd.argoproj.io/hook-delete-policy: {{ $v.argocd.hookDeletePolicy }}
+{{- if not (hasKey $v.job.annotations "argocd.argoproj.io/sync-wave") }}
+argocd.argoproj.io/sync-wave: {{ .weight | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+A duration value (60, 60s, 500ms, 5m, 2h, 1d) in seconds, as a float.
+*/}}
+{{- define "pgsluice.seconds" -}}
+{{- $text := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $text -}}
+{{- $unit := trimPrefix $number $text -}}
+{{- $scale := dict "" 1.0 "s" 1.0 "ms" 0.001 "m" 60.0 "h" 3600.0 "d" 86400.0 -}}
+{{- mulf (float64 $number) (get $scale $unit) -}}
+{{- end -}}
+
 {{- define "pgsluice.requireBackup" -}}
 {{- if kindIs "bool" .Values.backup.require -}}
 {{- .Values.backup.require -}}
@@ -112,7 +168,15 @@ metadata:
     {{- with $v.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- with $v.podAnnotations }}
+  {{- /* Checksums of what the pod reads at start, so that a change of it changes the template (mode job: a new Job). */}}
+  {{- $annotations := dict -}}
+  {{- with $v.migrations.checksum }}
+  {{- $_ := set $annotations "checksum/migrations" . }}
+  {{- end }}
+  {{- if and .fleet $v.fleet.targets }}
+  {{- $_ := set $annotations "checksum/targets" (join "\n" $v.fleet.targets | sha256sum) }}
+  {{- end }}
+  {{- with merge $annotations $v.podAnnotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -131,7 +195,7 @@ spec:
     {{- toYaml $v.podSecurityContext | nindent 4 }}
   containers:
     - name: migrate
-      image: "{{ $v.image.repository }}:{{ $v.image.tag | default $root.Chart.AppVersion }}"
+      image: {{ include "pgsluice.image" $root | quote }}
       imagePullPolicy: {{ $v.image.pullPolicy }}
       args: [{{ range $i, $arg := .args }}{{ if $i }}, {{ end }}{{ $arg | quote }}{{ end }}]
       terminationMessagePolicy: FallbackToLogsOnError
@@ -272,4 +336,32 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+{{/*
+The migrate Job's spec (the single Job or the fleet's Indexed Job); in mode job its hash names the Job.
+*/}}
+{{- define "pgsluice.migrateJobSpec" -}}
+{{- $fleet := .Values.fleet -}}
+{{- if $fleet.enabled }}
+# A fleet: one pod per shard of fleet.targets; the shard is JOB_COMPLETION_INDEX.
+# No backoffLimit: with backoffLimitPerIndex, Kubernetes defaults it to 2147483647, so
+# only the per-index limit counts (job.backoffLimit would cap failures of ALL shards).
+completionMode: Indexed
+completions: {{ $fleet.shards }}
+parallelism: {{ $fleet.parallelism | default $fleet.shards }}
+backoffLimitPerIndex: {{ $fleet.backoffLimitPerIndex }}
+{{- if not (kindIs "invalid" $fleet.maxFailedIndexes) }}
+maxFailedIndexes: {{ $fleet.maxFailedIndexes }}
+{{- end }}
+{{- else }}
+backoffLimit: {{ .Values.job.backoffLimit }}
+{{- end }}
+activeDeadlineSeconds: {{ .Values.job.activeDeadlineSeconds }}
+{{- if not (kindIs "invalid" .Values.job.ttlSecondsAfterFinished) }}
+ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
+{{- end }}
+{{ include "pgsluice.podFailurePolicy" (dict "root" . "failAction" (ternary "FailIndex" "FailJob" $fleet.enabled)) }}
+template:
+  {{- include "pgsluice.podTemplate" (dict "root" . "args" (list "migrate") "component" "migration" "fleet" $fleet.enabled) | nindent 2 }}
 {{- end -}}
