@@ -59,6 +59,10 @@ def _widen_pipe(stream: IO[bytes]) -> None:
         fcntl.fcntl(stream.fileno(), set_pipe_size, READ_CHUNK)
 
 
+SIGNAL_CHECK_SECONDS = 0.1
+"""How often a thread waiting for obstore runs Python, so that pending signal handlers run (as psycopg's waits do)."""
+
+
 def interruptible(work: Callable[[], None], on_interrupt: Callable[[], None] = lambda: None) -> None:
     """Run ``work`` (a blocking obstore call) in a thread while this one waits for it.
 
@@ -80,7 +84,10 @@ def interruptible(work: Callable[[], None], on_interrupt: Callable[[], None] = l
 
     threading.Thread(target=run, name="pgsluice-store", daemon=True).start()
     try:
-        done.wait()
+        # In short waits: a signal the kernel delivered to another thread (obstore's, say) is handled by this one
+        # only when it runs Python again: SIGTERM, and the SIGALRM that starts progress reporting.
+        while not done.wait(timeout=SIGNAL_CHECK_SECONDS):
+            pass
     except BaseException:
         on_interrupt()
         done.wait(timeout=ABORT_GRACE_SECONDS)

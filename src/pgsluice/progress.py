@@ -13,8 +13,9 @@ A 20-minute index build must not look like a hung pod. Two context managers:
 
 What it costs. Something has to notice that a block outlived its threshold while the
 thread that entered it is blocked inside libpq. A block entered on the main thread arms a
-one-shot ``SIGALRM`` for its threshold (Python runs the handler while libpq waits, as it
-runs SIGTERM's); only when it fires does the one daemon ticker thread of the process
+one-shot ``SIGALRM`` for its threshold (Python runs the handler within psycopg's 0.1 s
+waits, and backup.interruptible waits in steps for the same reason: the kernel may deliver
+the signal to another thread); only when it fires does the one daemon ticker thread of the process
 start, shared by every later block and thread. A block that ends before
 ``after_seconds`` costs a few uncontended locks and two ``setitimer`` calls: no thread,
 no query, nothing to join. A block entered on another thread (a fleet's worker, where
