@@ -4,6 +4,8 @@ migrations folder, and the S3 and Azure servers of the backup tests. Helpers liv
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 from tests.support.databases import Database, Server, new_database
 from tests.support.pgserver import PostgresServer
+from tests.support.tls import TlsFiles, write_tls_files
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +67,14 @@ def s3_server() -> Iterator[Any]:
     server = S3Server()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files() -> Iterator[TlsFiles]:
+    """The test CAs and certificates (right and wrong names, an unrelated CA), in a folder the postgres user can
+    reach (pytest's tmp_path is root's only)."""
+    folder = Path(tempfile.mkdtemp(prefix="pgsluice-tls-"))
+    try:
+        yield write_tls_files(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -4,7 +4,6 @@ of the test PostgreSQL, and a TLS server with certificates made by the test's ow
 from __future__ import annotations
 
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from tests.support.cli import finished, poll, run_cli, start, write_migrations
 from tests.support.databases import LONG, Database, Server, advisory_locks, sleeping_pid
 from tests.support.pgbouncer import PgBouncer, PgBouncerUnavailableError, PoolMode
 from tests.support.pgserver import PostgresServer
-from tests.support.tls import TlsFiles, ssl_settings, write_tls_files
+from tests.support.tls import TlsFiles, ssl_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -205,18 +204,6 @@ def test_a_blocked_heartbeat_stops_the_holder_before_a_second_runner_applies(
     assert result.returncode == 0, result.stderr
     assert result.finished["applied"] == [2]
     assert db.history() == [(1, "first", "applied"), (2, "long", "applied")]
-
-
-@pytest.fixture(scope="module")
-def tls_files() -> Iterator[TlsFiles]:
-    """A test CA, server certificates (right and wrong names) and an unrelated CA, where postgres can read them."""
-    import shutil
-
-    folder = Path(tempfile.mkdtemp(prefix="pgsluice-tls-"))
-    try:
-        yield write_tls_files(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.usefixtures("cluster")  # skips without the session's own cluster

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,7 +12,7 @@ from tests.support.databases import Database, Server
 from tests.support.pgbouncer import PgBouncer, PgBouncerUnavailableError, PoolMode
 from tests.support.pgserver import PostgresServer
 from tests.support.standby import Standby
-from tests.support.tls import TlsFiles, ssl_settings, write_tls_files
+from tests.support.tls import TlsFiles, ssl_settings
 
 pytestmark = pytest.mark.integration
 
@@ -83,16 +80,6 @@ def test_pgbouncer_refuses_the_options_startup_parameter(cluster: PostgresServer
         pytest.raises(psycopg.OperationalError, match="unsupported startup parameter: options"),
     ):
         psycopg.connect(bouncer.url(), options="-c statement_timeout=5000")
-
-
-@pytest.fixture(scope="module")
-def tls_files() -> Iterator[TlsFiles]:
-    """The test CAs and certificates, in a folder the postgres user can reach (pytest's tmp_path is root's only)."""
-    folder = Path(tempfile.mkdtemp(prefix="pgsluice-tls-"))
-    try:
-        yield write_tls_files(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -113,10 +113,8 @@ def shard_of(targets: Sequence[Target], index: int, count: int, canary: int) -> 
 
 
 def severity(code: int) -> int:
-    """How bad an exit code is for the pod: permanent over internal over transient over success."""
+    """How bad an exit code is for the pod: permanent (an internal error is one) over transient over success."""
     if code in PERMANENT:
-        return 3
-    if code == ExitCode.INTERNAL:
         return 2
     if code in TRANSIENT or code in (ExitCode.SIGINT, ExitCode.SIGTERM):
         return 1

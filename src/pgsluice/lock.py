@@ -315,18 +315,21 @@ class LeaseLock:
                 self._renewed_at = attempt
                 break
             now = time.monotonic()
-            holder = self.holder_of()
-            if now - started >= self.timeout_seconds:
+            timed_out = now - started >= self.timeout_seconds
+            must_log = last_logged is None or now - last_logged >= HOLDER_LOG_INTERVAL_SECONDS
+            holder = self.holder_of() if timed_out or must_log else {}  # asked only when it is said
+            if timed_out:
                 raise LockTimeoutError(
                     f"lease lock {self.key} still held after {self.timeout_seconds:.0f}s by {holder.get('holder')} "
                     f"(process {holder.get('holder_pid')}, since {holder.get('holder_since')}, "
                     f"until {holder.get('expires_at')})",
                     hint="another migration is running; wait for it, or raise --lock-timeout",
                 )
-            if last_logged is None or now - last_logged >= HOLDER_LOG_INTERVAL_SECONDS:
+            if must_log:
                 log.info(Event.LOCK_WAITING, key=key_text(self.key), waited_seconds=round(now - started, 3), **holder)
                 last_logged = now
-            time.sleep(min(delay * random.uniform(0.8, 1.2), self.timeout_seconds))  # noqa: S311 - jitter
+            remaining = max(0.0, started + self.timeout_seconds - now)
+            time.sleep(min(delay * random.uniform(0.8, 1.2), remaining))  # noqa: S311 - jitter
             delay = min(delay * 2, 1.0)
         waited = time.monotonic() - started
         log.info(Event.LOCK_ACQUIRED, key=key_text(self.key), wait_seconds=round(waited, 3), strategy="lease")

@@ -380,19 +380,25 @@ def harm_to_table(tree: Any, schema: str, name: str) -> str | None:
     return None
 
 
-_ONE_INSERT = '"stmts":[{"stmt":{"InsertStmt":'
+_UNKEPT_FIRST_WORDS = frozenset({("insert",), ("select",), ("values",), ("with",)})
+"""First words of statements that may be in _TREE_NOT_KEPT (WITH may also lead an UPDATE: the parse decides)."""
+_TOP_NODE = re.compile(r'"stmts":\[\{"stmt":\{"(\w+)":')
 
 
-def _one_plain_insert(text: str) -> bool:
-    """Whether ``text`` parses (PostgreSQL's grammar, through pglast's JSON output: no Python tree) as exactly one
-    INSERT. False when it does not parse: the full path then reports the error where it is."""
+def _unkept_node(piece: SqlPiece) -> str | None:
+    """The node of ``piece`` when it parses (PostgreSQL's grammar, through pglast's JSON output: no Python tree)
+    as exactly one statement whose tree is never kept; else None, and the full parse decides (and reports an
+    error where it is)."""
     from pglast import parser
 
     try:
-        raw = parser.parse_sql_json(text)
+        raw = parser.parse_sql_json(piece.text)
     except parser.ParseError:
-        return False
-    return raw.count('{"stmt":') == 1 and _ONE_INSERT in raw[:64]
+        return None
+    found = _TOP_NODE.search(raw, 0, 64)
+    if found is None or found[1] not in _TREE_NOT_KEPT or raw.count('{"stmt":') != 1:
+        return None
+    return found[1]
 
 
 def _non_transactional_words(sql: str) -> str | None:
@@ -482,10 +488,11 @@ class _Builder:
     def sql(self, piece: SqlPiece, copy: DataPiece | None) -> None:
         from pglast import parse_sql, parser
 
-        if piece.keywords[:1] == ("insert",) and _one_plain_insert(piece.text):
-            # Seed data and pg_dump --inserts: 400,000 of them in a file. Parsed by PostgreSQL's grammar all the
+        unkept = _unkept_node(piece) if piece.keywords[:1] in _UNKEPT_FIRST_WORDS else None
+        if unkept is not None:
+            # Seed data and pg_dump --inserts: 400,000 INSERTs in a file. Parsed by PostgreSQL's grammar all the
             # same, but no Python tree is built for a statement whose tree is never kept (10x faster).
-            self.command(piece, piece.text.strip(), None, 0, copy, parsed_as="InsertStmt")
+            self.command(piece, piece.text.strip(), None, 0, copy, parsed_as=unkept)
             self.first_statement = False
             return
         try:
@@ -585,7 +592,7 @@ class _Builder:
         parsed_as: str | None = None,
     ) -> None:
         if parsed_as is not None:  # parsed, its node known, no tree built (see sql())
-            reason, node = None, parsed_as
+            reason, node = None, parsed_as  # an INSERT or SELECT: nothing of them refuses a transaction
             self.neutral = self.neutral and parsed_as in _SESSION_NEUTRAL
         elif tree is not None:
             reason = non_transactional_reason(tree)
